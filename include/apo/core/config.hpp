@@ -1,0 +1,583 @@
+#pragma once
+
+/// @file
+/// @brief The typed configuration: every block of the performance tuning guide, with the
+/// built-in defaults as member initializers (they equal the guide's balanced profile), and the
+/// loader that layers defaults, presets, files and overrides with validation.
+///
+/// Each block lists its fields once, in `fields()`: the JSON key, the member and the limits. The
+/// loader, the validator, the JSON writer and the "did you mean" suggestions all walk that list,
+/// so a field is declared in exactly one place.
+
+#include <array>
+#include <cstdint>
+#include <filesystem>
+#include <limits>
+#include <map>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "apo/core/error.hpp"
+#include "apo/core/units.hpp"
+
+namespace apo {
+
+struct MachineInfo;
+
+// ---------------------------------------------------------------------------------------------
+// Enumerations and their names
+
+/// @brief How the engine trades memory, speed and quality.
+enum class Strategy { speed_first, balanced, memory_first, quality_first };
+
+/// @brief Weight precision. `automatic` ("auto") lets the engine choose from the memory it has.
+enum class Precision { fp32, fp16, bf16, fp8_e4m3, fp8_e5m2, int8, automatic };
+
+/// @brief Samplers ("scheduler" in the guide's diffusers wording).
+enum class Sampler {
+  euler,
+  euler_ancestral,
+  heun,
+  ddim,
+  ddpm,
+  dpm_solver_multistep,
+  dpmpp_2m,
+  dpmpp_2m_sde,
+  unipc,
+  lcm,
+  flow_match_euler,
+};
+
+enum class NoiseSchedule { linear, cosine, karras, exponential };
+enum class BlendMode { normal, soft_light, overlay, multiply, screen };
+enum class LayerStrategy { sequential, parallel };
+
+template <class E>
+struct EnumEntry {
+  E value;
+  std::string_view name;
+};
+
+/// @brief Names of an enumeration: `noun` for messages and `entries`, where the first entry of a
+/// value is its canonical name and later ones are accepted aliases.
+template <class E>
+struct EnumTraits;
+
+template <>
+struct EnumTraits<Strategy> {
+  static constexpr std::string_view noun = "strategy";
+  static constexpr std::array<EnumEntry<Strategy>, 4> entries{{
+      {Strategy::speed_first, "speed_first"},
+      {Strategy::balanced, "balanced"},
+      {Strategy::memory_first, "memory_first"},
+      {Strategy::quality_first, "quality_first"},
+  }};
+};
+
+template <>
+struct EnumTraits<Precision> {
+  static constexpr std::string_view noun = "precision";
+  static constexpr std::array<EnumEntry<Precision>, 8> entries{{
+      {Precision::fp32, "fp32"},
+      {Precision::fp16, "fp16"},
+      {Precision::bf16, "bf16"},
+      {Precision::fp8_e4m3, "fp8_e4m3"},
+      {Precision::fp8_e5m2, "fp8_e5m2"},
+      {Precision::int8, "int8"},
+      {Precision::automatic, "auto"},
+      {Precision::fp8_e4m3, "fp8"},  // the guide's "fp8": E4M3 is the weight format
+  }};
+};
+
+template <>
+struct EnumTraits<Sampler> {
+  static constexpr std::string_view noun = "scheduler";
+  static constexpr std::array<EnumEntry<Sampler>, 11> entries{{
+      {Sampler::euler, "euler"},
+      {Sampler::euler_ancestral, "euler_ancestral"},
+      {Sampler::heun, "heun"},
+      {Sampler::ddim, "ddim"},
+      {Sampler::ddpm, "ddpm"},
+      {Sampler::dpm_solver_multistep, "dpm_solver_multistep"},
+      {Sampler::dpmpp_2m, "dpmpp_2m"},
+      {Sampler::dpmpp_2m_sde, "dpmpp_2m_sde"},
+      {Sampler::unipc, "unipc"},
+      {Sampler::lcm, "lcm"},
+      {Sampler::flow_match_euler, "flow_match_euler"},
+  }};
+};
+
+template <>
+struct EnumTraits<NoiseSchedule> {
+  static constexpr std::string_view noun = "noise schedule";
+  static constexpr std::array<EnumEntry<NoiseSchedule>, 4> entries{{
+      {NoiseSchedule::linear, "linear"},
+      {NoiseSchedule::cosine, "cosine"},
+      {NoiseSchedule::karras, "karras"},
+      {NoiseSchedule::exponential, "exponential"},
+  }};
+};
+
+template <>
+struct EnumTraits<BlendMode> {
+  static constexpr std::string_view noun = "blend mode";
+  static constexpr std::array<EnumEntry<BlendMode>, 5> entries{{
+      {BlendMode::normal, "normal"},
+      {BlendMode::soft_light, "soft_light"},
+      {BlendMode::overlay, "overlay"},
+      {BlendMode::multiply, "multiply"},
+      {BlendMode::screen, "screen"},
+  }};
+};
+
+template <>
+struct EnumTraits<LayerStrategy> {
+  static constexpr std::string_view noun = "layer strategy";
+  static constexpr std::array<EnumEntry<LayerStrategy>, 2> entries{{
+      {LayerStrategy::sequential, "sequential"},
+      {LayerStrategy::parallel, "parallel"},
+  }};
+};
+
+template <class E>
+concept NamedEnum = requires {
+  EnumTraits<E>::entries;
+};
+
+/// @brief The canonical name of an enumerator ("fp8_e4m3").
+template <NamedEnum E>
+constexpr std::string_view to_string(E value) noexcept {
+  for (const auto& entry : EnumTraits<E>::entries) {
+    if (entry.value == value) return entry.name;
+  }
+  return "?";
+}
+
+/// @brief The enumerator with this name or alias, if any.
+template <NamedEnum E>
+constexpr std::optional<E> parse_enum(std::string_view name) noexcept {
+  for (const auto& entry : EnumTraits<E>::entries) {
+    if (entry.name == name) return entry.value;
+  }
+  return std::nullopt;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Field vocabulary
+
+/// @brief A value apo derives from the machine unless the config gives one; JSON: "auto" or a
+/// value.
+template <class T>
+class Auto {
+ public:
+  constexpr Auto() = default;
+  constexpr Auto(T value) : value_(value) {}  // NOLINT: implicit, so `field = 8.0` reads well
+
+  constexpr bool is_auto() const noexcept { return !value_.has_value(); }
+  constexpr const std::optional<T>& get() const noexcept { return value_; }
+  constexpr T value_or(T fallback) const noexcept { return value_.value_or(fallback); }
+
+  friend constexpr bool operator==(const Auto&, const Auto&) = default;
+
+ private:
+  std::optional<T> value_;
+};
+
+/// @brief Inclusive bounds on a number (the minimum may be exclusive).
+struct Range {
+  double min = -std::numeric_limits<double>::infinity();
+  double max = std::numeric_limits<double>::infinity();
+  bool min_exclusive = false;
+};
+
+inline constexpr Range kPositive{0.0, std::numeric_limits<double>::infinity(), true};
+inline constexpr Range kFraction{0.0, 1.0, true};  ///< (0, 1]
+inline constexpr Range kUnitInterval{0.0, 1.0};    ///< [0, 1]
+inline constexpr Range kSteps{1.0, 1000.0};
+inline constexpr Range kGuidance{0.0, 50.0};
+
+/// @brief A string that must not be empty.
+struct NonEmpty {};
+
+// ---------------------------------------------------------------------------------------------
+// Blocks
+
+/// @brief "performance_optimization": precision, memory budget and batch size.
+struct PerformanceOptimization {
+  Strategy strategy = Strategy::balanced;
+  Precision model_precision = Precision::fp16;
+  /// Lets the engine store weights in 8 bits. fp8 and int8 precisions quantize regardless; with
+  /// "auto" this decides whether 8-bit formats are among the choices.
+  bool enable_quantization = false;
+  /// Device memory apo may use, in GiB; "auto" derives it from the device (tune/presets.hpp).
+  Auto<double> max_memory_usage_gib;
+  int batch_size = 2;
+  /// Largest batch the dynamic batcher may form (the guide's DynamicBatcher caps at 8).
+  int max_batch_size = 8;
+  bool parallel_execution = false;
+  /// Dynamic precision choice keeps weights within this share of the memory (the guide: 80%).
+  double quantization_memory_fraction = 0.8;
+
+  template <class Self, class V>
+  static void fields(Self& s, V& v) {
+    v.field("strategy", s.strategy);
+    v.field("model_precision", s.model_precision);
+    v.field("enable_quantization", s.enable_quantization);
+    v.field("max_memory_usage_gb", s.max_memory_usage_gib, kPositive);
+    v.field("batch_size", s.batch_size, Range{1, 64});
+    v.field("max_batch_size", s.max_batch_size, Range{1, 64});
+    v.field("parallel_execution", s.parallel_execution);
+    v.field("quantization_memory_fraction", s.quantization_memory_fraction, kFraction);
+  }
+  friend bool operator==(const PerformanceOptimization&, const PerformanceOptimization&) = default;
+};
+
+/// @brief "memory_optimization": offloading, sharing and cleanup. The guide also writes
+/// enable_attention_slicing and attention_slice_size here; the loader moves them to
+/// attention_optimization, where they live.
+struct MemoryOptimization {
+  bool enable_cpu_offload = false;
+  bool enable_sequential_cpu_offload = false;
+  bool enable_model_sharing = true;
+  bool aggressive_cleanup = false;
+  /// Period of the background cleanup (the guide's MemoryManager: 60 s).
+  double cleanup_interval_s = 60.0;
+  /// Models are evicted when use would pass this share of a budget (the guide: 80%).
+  double eviction_threshold = 0.8;
+
+  template <class Self, class V>
+  static void fields(Self& s, V& v) {
+    v.field("enable_cpu_offload", s.enable_cpu_offload);
+    v.field("enable_sequential_cpu_offload", s.enable_sequential_cpu_offload);
+    v.field("enable_model_sharing", s.enable_model_sharing);
+    v.field("aggressive_cleanup", s.aggressive_cleanup);
+    v.field("cleanup_interval_s", s.cleanup_interval_s, kPositive);
+    v.field("eviction_threshold", s.eviction_threshold, kFraction);
+  }
+  friend bool operator==(const MemoryOptimization&, const MemoryOptimization&) = default;
+};
+
+/// @brief "attention_optimization".
+struct AttentionOptimization {
+  bool enable_attention_slicing = false;
+  /// Slices per attention call: smaller uses less memory and runs slower.
+  int slice_size = 1;
+  bool enable_memory_efficient_attention = true;
+  bool use_flash_attention = true;
+
+  template <class Self, class V>
+  static void fields(Self& s, V& v) {
+    v.field("enable_attention_slicing", s.enable_attention_slicing);
+    v.field("slice_size", s.slice_size, Range{1, 4096});
+    v.field("enable_memory_efficient_attention", s.enable_memory_efficient_attention);
+    v.field("use_flash_attention", s.use_flash_attention);
+  }
+  friend bool operator==(const AttentionOptimization&, const AttentionOptimization&) = default;
+};
+
+/// @brief "system_optimization": CPU threads, affinity, host memory pool, I/O threads.
+struct SystemOptimization {
+  Auto<int> max_cpu_threads;
+  /// Cores to pin worker threads to; unset (null) means no pinning.
+  std::optional<std::vector<int>> cpu_affinity;
+  bool enable_cpu_boost = false;
+  Auto<double> memory_pool_size_gib;
+  int io_threads = 4;
+
+  template <class Self, class V>
+  static void fields(Self& s, V& v) {
+    v.field("max_cpu_threads", s.max_cpu_threads, Range{1, 4096});
+    v.field("cpu_affinity", s.cpu_affinity, Range{0, 65535});
+    v.field("enable_cpu_boost", s.enable_cpu_boost);
+    v.field("memory_pool_size_gb", s.memory_pool_size_gib, kPositive);
+    v.field("io_threads", s.io_threads, Range{1, 256});
+  }
+  friend bool operator==(const SystemOptimization&, const SystemOptimization&) = default;
+};
+
+/// @brief "storage_optimization": where models, temporaries and outputs live, and how they are
+/// read.
+struct StorageOptimization {
+  std::string model_cache_path = "models";
+  std::string temp_path = "tmp";
+  std::string output_path = "outputs";
+  bool enable_compression = false;
+  int io_buffer_size_mb = 64;
+  bool async_io = true;
+  bool preload_models = false;
+  /// Preload a model when its predicted probability of use passes this (the guide: 0.3).
+  double preload_threshold = 0.3;
+
+  template <class Self, class V>
+  static void fields(Self& s, V& v) {
+    v.field("model_cache_path", s.model_cache_path, NonEmpty{});
+    v.field("temp_path", s.temp_path, NonEmpty{});
+    v.field("output_path", s.output_path, NonEmpty{});
+    v.field("enable_compression", s.enable_compression);
+    v.field("io_buffer_size_mb", s.io_buffer_size_mb, Range{1, 4096});
+    v.field("async_io", s.async_io);
+    v.field("preload_models", s.preload_models);
+    v.field("preload_threshold", s.preload_threshold, kUnitInterval);
+  }
+  friend bool operator==(const StorageOptimization&, const StorageOptimization&) = default;
+};
+
+/// @brief "generation": the sampling settings a profile chooses (the guide's profile
+/// "settings", minus precision, batch size and slicing, which live in their own blocks).
+struct GenerationSettings {
+  int num_inference_steps = 30;
+  double guidance_scale = 7.5;
+  bool enable_lightning_lora = false;
+  bool use_fast_scheduler = false;
+  bool use_high_quality_scheduler = false;
+  bool enable_refinement = false;
+
+  template <class Self, class V>
+  static void fields(Self& s, V& v) {
+    v.field("num_inference_steps", s.num_inference_steps, kSteps);
+    v.field("guidance_scale", s.guidance_scale, kGuidance);
+    v.field("enable_lightning_lora", s.enable_lightning_lora);
+    v.field("use_fast_scheduler", s.use_fast_scheduler);
+    v.field("use_high_quality_scheduler", s.use_high_quality_scheduler);
+    v.field("enable_refinement", s.enable_refinement);
+  }
+  friend bool operator==(const GenerationSettings&, const GenerationSettings&) = default;
+};
+
+/// @brief "hunyuan_optimization". Unset (null) fields inherit the generation and attention
+/// settings.
+struct HunyuanOptimization {
+  bool enable_fast_sampling = false;
+  std::optional<int> num_inference_steps;
+  std::optional<double> guidance_scale;
+  bool enable_cfg_rescale = false;
+  double cfg_rescale_multiplier = 0.7;
+  std::optional<Sampler> scheduler;
+  std::optional<bool> enable_attention_slicing;
+  std::optional<int> attention_slice_size;
+  bool enable_temporal_consistency = false;
+
+  template <class Self, class V>
+  static void fields(Self& s, V& v) {
+    v.field("enable_fast_sampling", s.enable_fast_sampling);
+    v.field("num_inference_steps", s.num_inference_steps, kSteps);
+    v.field("guidance_scale", s.guidance_scale, kGuidance);
+    v.field("enable_cfg_rescale", s.enable_cfg_rescale);
+    v.field("cfg_rescale_multiplier", s.cfg_rescale_multiplier, kUnitInterval);
+    v.field("scheduler", s.scheduler);
+    v.field("enable_attention_slicing", s.enable_attention_slicing);
+    v.field("attention_slice_size", s.attention_slice_size, Range{1, 4096});
+    v.field("enable_temporal_consistency", s.enable_temporal_consistency);
+  }
+  friend bool operator==(const HunyuanOptimization&, const HunyuanOptimization&) = default;
+};
+
+/// @brief "wan_optimization": the guide's WanVideoOptimizer settings (lightning and inpainting).
+struct WanOptimization {
+  bool use_lightning_lora = false;
+  int lightning_steps = 4;
+  /// Distilled (lightning) models run without classifier-free guidance: 1.0 (see docs/config.md).
+  double lightning_guidance_scale = 1.0;
+  bool enable_noise_scheduling = false;
+  NoiseSchedule noise_schedule = NoiseSchedule::linear;
+  double dual_guidance_strength = 0.8;
+  double inpaint_strength = 0.7;
+  bool preserve_structure = false;
+  bool enable_edge_enhancement = false;
+
+  template <class Self, class V>
+  static void fields(Self& s, V& v) {
+    v.field("use_lightning_lora", s.use_lightning_lora);
+    v.field("lightning_steps", s.lightning_steps, Range{1, 16});
+    v.field("lightning_guidance_scale", s.lightning_guidance_scale, kGuidance);
+    v.field("enable_noise_scheduling", s.enable_noise_scheduling);
+    v.field("noise_schedule", s.noise_schedule);
+    v.field("dual_guidance_strength", s.dual_guidance_strength, kUnitInterval);
+    v.field("inpaint_strength", s.inpaint_strength, kUnitInterval);
+    v.field("preserve_structure", s.preserve_structure);
+    v.field("enable_edge_enhancement", s.enable_edge_enhancement);
+  }
+  friend bool operator==(const WanOptimization&, const WanOptimization&) = default;
+};
+
+/// @brief "newbie_optimization": the guide's NewBieOptimizer settings (anime images).
+struct NewBieOptimization {
+  std::optional<int> num_inference_steps;
+  std::optional<double> guidance_scale;
+  bool enable_karras_sigmas = false;
+  std::optional<Sampler> scheduler;
+  bool enable_vae_slicing = false;
+  bool enable_attention_refinement = false;
+  int refinement_steps = 10;
+
+  template <class Self, class V>
+  static void fields(Self& s, V& v) {
+    v.field("num_inference_steps", s.num_inference_steps, kSteps);
+    v.field("guidance_scale", s.guidance_scale, kGuidance);
+    v.field("enable_karras_sigmas", s.enable_karras_sigmas);
+    v.field("scheduler", s.scheduler);
+    v.field("enable_vae_slicing", s.enable_vae_slicing);
+    v.field("enable_attention_refinement", s.enable_attention_refinement);
+    v.field("refinement_steps", s.refinement_steps, Range{0, 1000});
+  }
+  friend bool operator==(const NewBieOptimization&, const NewBieOptimization&) = default;
+};
+
+/// @brief "qwen_optimization": the guide's QwenOptimizer settings (relighting, layers).
+struct QwenOptimization {
+  bool use_lightning_lora = false;
+  int lightning_steps = 4;
+  double preserve_structure_strength = 0.9;
+  BlendMode lighting_blend_mode = BlendMode::soft_light;
+  LayerStrategy layer_generation_strategy = LayerStrategy::sequential;
+  bool enable_layer_caching = false;
+  bool compositing_optimization = false;
+  int max_concurrent_layers = 1;
+
+  template <class Self, class V>
+  static void fields(Self& s, V& v) {
+    v.field("use_lightning_lora", s.use_lightning_lora);
+    v.field("lightning_steps", s.lightning_steps, Range{1, 16});
+    v.field("preserve_structure_strength", s.preserve_structure_strength, kUnitInterval);
+    v.field("lighting_blend_mode", s.lighting_blend_mode);
+    v.field("layer_generation_strategy", s.layer_generation_strategy);
+    v.field("enable_layer_caching", s.enable_layer_caching);
+    v.field("compositing_optimization", s.compositing_optimization);
+    v.field("max_concurrent_layers", s.max_concurrent_layers, Range{1, 64});
+  }
+  friend bool operator==(const QwenOptimization&, const QwenOptimization&) = default;
+};
+
+/// @brief The whole configuration. The profile's identity and targets sit at the top level,
+/// as the guide writes them.
+struct Config {
+  std::string profile_name = "balanced";
+  double target_generation_time_s = 90.0;
+  double acceptable_quality_loss = 0.05;
+
+  PerformanceOptimization performance;
+  MemoryOptimization memory;
+  AttentionOptimization attention;
+  SystemOptimization system;
+  StorageOptimization storage;
+  GenerationSettings generation;
+  HunyuanOptimization hunyuan;
+  WanOptimization wan;
+  NewBieOptimization newbie;
+  QwenOptimization qwen;
+
+  template <class Self, class V>
+  static void fields(Self& s, V& v) {
+    v.field("profile_name", s.profile_name, NonEmpty{});
+    v.field("target_generation_time", s.target_generation_time_s, kPositive);
+    v.field("acceptable_quality_loss", s.acceptable_quality_loss, kUnitInterval);
+    v.block("performance_optimization", s.performance);
+    v.block("memory_optimization", s.memory);
+    v.block("attention_optimization", s.attention);
+    v.block("system_optimization", s.system);
+    v.block("storage_optimization", s.storage);
+    v.block("generation", s.generation);
+    v.block("hunyuan_optimization", s.hunyuan);
+    v.block("wan_optimization", s.wan);
+    v.block("newbie_optimization", s.newbie);
+    v.block("qwen_optimization", s.qwen);
+  }
+  friend bool operator==(const Config&, const Config&) = default;
+};
+
+// ---------------------------------------------------------------------------------------------
+// Loading
+
+/// @brief Where a value came from: a file (or preset, or override) and a 1-based line; column
+/// is set for syntax errors. line 0 means "the source as a whole".
+struct SourceLocation {
+  std::string source;
+  int line = 0;
+  int column = 0;
+
+  /// @brief "FILE:LINE" or "FILE:LINE:COLUMN" or "FILE".
+  std::string to_string() const;
+};
+
+/// @brief One thing wrong with a configuration: "FILE:LINE: key.path: what is wrong (expected …,
+/// got …)".
+struct ConfigProblem {
+  SourceLocation where;
+  std::string key_path;  ///< as the user wrote it: "settings.batch_size", "cpu_affinity[2]"
+  std::string message;
+
+  std::string to_string() const;
+};
+
+/// @brief A configuration that failed to load; problems() has every problem found, in order.
+class ConfigError : public Error {
+ public:
+  explicit ConfigError(std::vector<ConfigProblem> problems);
+  const std::vector<ConfigProblem>& problems() const noexcept { return problems_; }
+
+ private:
+  std::vector<ConfigProblem> problems_;
+};
+
+/// @brief A loaded configuration and, for each key path that a layer set, where it was set last.
+struct LoadedConfig {
+  Config config;
+  std::map<std::string, SourceLocation, std::less<>> origins;
+
+  /// @brief Where `key_path` ("performance_optimization.batch_size") was set, or nullptr when it
+  /// holds its built-in default.
+  const SourceLocation* origin(std::string_view key_path) const;
+};
+
+/// @brief Builds a configuration from layers, applied in this order whatever the call order:
+/// built-in defaults, presets (tune/presets.hpp), files and texts, then explicit overrides. Each
+/// layer only changes the keys it names. Every layer is validated on its own, so each problem
+/// names its own file and line; load() reports all of them at once in a ConfigError.
+///
+/// JSON may carry comments (`//`, `/* */` and `#` to the end of a line), as the guide's examples
+/// do. Aliases the guide uses are accepted and stored once: a profile's "settings" block and
+/// memory_optimization's attention slicing keys (see docs/config.md).
+class ConfigLoader {
+ public:
+  /// @brief Adds a preset layer by name (a hardware preset, profile or workflow preset).
+  ConfigLoader& preset(std::string name);
+  /// @brief Adds a preset layer given as JSON (the automatic preset for a machine, say); preset
+  /// layers apply in the order they were added.
+  ConfigLoader& preset_json(std::string json, std::string source_name);
+  /// @brief Adds a file layer; problems name the file as given.
+  ConfigLoader& file(std::filesystem::path path);
+  /// @brief Adds a layer from JSON text; problems name `source_name`.
+  ConfigLoader& text(std::string json, std::string source_name = "<string>");
+  /// @brief Adds an explicit override "key.path=value"; the value is JSON, or else a string.
+  ConfigLoader& set(std::string assignment);
+  /// @brief Also checks the result against a machine: memory above what it has, cores it lacks.
+  ConfigLoader& check_against(const MachineInfo& machine);
+
+  /// @brief Applies every layer; throws ConfigError listing every problem found.
+  LoadedConfig load() const;
+
+ private:
+  struct Layer {
+    enum class Kind { preset, preset_json, file, text, override_value } kind;
+    std::string payload;
+    std::string source_name;
+  };
+  std::vector<Layer> layers_;
+  const MachineInfo* machine_ = nullptr;
+};
+
+/// @brief Loads one file over the built-in defaults.
+Config load_config(const std::filesystem::path& path);
+/// @brief Parses JSON text over the built-in defaults.
+Config parse_config(std::string_view json, std::string_view source_name = "<string>");
+/// @brief The configuration as canonical JSON (every key, "auto" where apo decides); it loads
+/// back to an equal Config.
+std::string to_json(const Config& config, int indent = 4);
+/// @brief Problems of a loaded configuration on a given machine (memory above the device or the
+/// host, affinity cores that do not exist), located by the layer that set each value.
+std::vector<ConfigProblem> check_against_machine(const LoadedConfig& loaded,
+                                                 const MachineInfo& machine);
+
+}  // namespace apo

@@ -1,0 +1,216 @@
+// The apo command line: probe the machine, recommend a configuration, check and show configs.
+
+#include <cstdio>
+#include <iostream>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include <fmt/format.h>
+#include <fmt/ranges.h>
+#include <CLI/CLI.hpp>
+#include <nlohmann/json.hpp>
+
+#include "apo/core/config.hpp"
+#include "apo/core/machine.hpp"
+#include "apo/tune/presets.hpp"
+#include "apo/version.hpp"
+
+namespace {
+
+using Json = nlohmann::ordered_json;
+
+constexpr int kExitProblems = 1;
+constexpr int kExitUsage = 2;
+
+template <class T>
+std::string optional_text(const std::optional<T>& value, std::string_view format) {
+  return value ? fmt::format(fmt::runtime(format), *value) : std::string();
+}
+
+void print_probe(const apo::MachineInfo& m) {
+  fmt::print("apo {} (libtorch {})\n", m.apo_version, m.torch_version);
+  fmt::print("CPU     {} ({} logical cores, {} usable)\n", m.cpu.model, m.cpu.logical_cores,
+             m.cpu.usable_cores.size());
+  fmt::print("Memory  {} total, {} available\n", apo::format_bytes(m.memory.total_bytes),
+             apo::format_bytes(m.memory.available_bytes));
+  fmt::print("CUDA    {}\n", m.cuda_status);
+  for (const auto& d : m.cuda_devices) {
+    fmt::print("  [{}] {}  {} total, {} free, compute {}.{}, {} SMs", d.index, d.name,
+               apo::format_bytes(d.total_bytes), apo::format_bytes(d.free_bytes),
+               d.compute_capability_major, d.compute_capability_minor, d.sm_count);
+    const auto& t = d.telemetry;
+    fmt::print("{}{}{}", optional_text(t.utilization_percent, ", {}% busy"),
+               optional_text(t.temperature_c, ", {} C"), optional_text(t.power_w, ", {:.0f} W"));
+    if (d.kernel_check) fmt::print(", kernel check: {}", *d.kernel_check);
+    fmt::print("\n");
+  }
+  fmt::print("NVML    {}\n", m.nvml_status);
+}
+
+int run_probe(bool as_json, bool kernel_check) {
+  const apo::MachineInfo machine = apo::probe_machine({.run_kernel_check = kernel_check});
+  if (as_json) {
+    fmt::print("{}\n", apo::to_json(machine));
+  } else {
+    print_probe(machine);
+  }
+  return 0;
+}
+
+Json expected_json(const std::optional<apo::tune::ExpectedPerformance>& expected) {
+  if (!expected) return nullptr;
+  const auto per_hour = expected->videos_per_hour();
+  return {{"video_seconds", {expected->video.min_s, expected->video.max_s}},
+          {"image_seconds", {expected->image.min_s, expected->image.max_s}},
+          {"videos_per_hour", {per_hour.min_s, per_hour.max_s}}};
+}
+
+int run_recommend(const std::optional<std::string>& profile,
+                  const std::optional<std::string>& workflow, bool as_json) {
+  const apo::MachineInfo machine = apo::probe_machine();
+  const apo::tune::Recommendation rec = apo::tune::recommend(machine, profile, workflow);
+  const std::string config = apo::to_json(rec.loaded.config);
+  if (as_json) {
+    Json out;
+    out["hardware_preset"] = rec.hardware;
+    out["reasons"] = rec.reasons;
+    out["expected_performance"] = expected_json(rec.expected);
+    out["config"] = Json::parse(config);
+    fmt::print("{}\n", out.dump(4));
+    return 0;
+  }
+  // Comments start with '#', which apo's loader skips: the output is itself a config file.
+  fmt::print("# apo recommend: hardware preset {}\n", rec.hardware);
+  for (const auto& reason : rec.reasons) fmt::print("# - {}\n", reason);
+  if (rec.expected) {
+    const auto per_hour = rec.expected->videos_per_hour();
+    fmt::print(
+        "# expected (guide): video {:.0f}-{:.0f} s, image {:.0f}-{:.0f} s, "
+        "{:.0f}-{:.0f} videos/hour\n",
+        rec.expected->video.min_s, rec.expected->video.max_s, rec.expected->image.min_s,
+        rec.expected->image.max_s, per_hour.min_s, per_hour.max_s);
+  }
+  fmt::print("{}\n", config);
+  return 0;
+}
+
+void print_problems(const apo::ConfigError& error) {
+  for (const auto& problem : error.problems()) fmt::print(stderr, "{}\n", problem.to_string());
+}
+
+int run_config_check(const std::vector<std::string>& files, bool portable) {
+  const apo::MachineInfo machine = apo::probe_machine();
+  int status = 0;
+  for (const auto& file : files) {
+    apo::ConfigLoader loader;
+    loader.file(file);
+    if (!portable) loader.check_against(machine);
+    try {
+      loader.load();
+      fmt::print("{}: ok\n", file);
+    } catch (const apo::ConfigError& error) {
+      print_problems(error);
+      status = kExitProblems;
+    }
+  }
+  return status;
+}
+
+int run_config_show(const std::vector<std::string>& files, const std::vector<std::string>& presets,
+                    const std::vector<std::string>& overrides) {
+  apo::ConfigLoader loader;
+  for (const auto& preset : presets) loader.preset(preset);
+  for (const auto& file : files) loader.file(file);
+  for (const auto& assignment : overrides) loader.set(assignment);
+  try {
+    fmt::print("{}\n", apo::to_json(loader.load().config));
+    return 0;
+  } catch (const apo::ConfigError& error) {
+    print_problems(error);
+    return kExitProblems;
+  }
+}
+
+int run_presets(bool as_json) {
+  if (as_json) {
+    Json out = Json::array();
+    for (const auto& preset : apo::tune::presets()) {
+      out.push_back({{"name", preset.name},
+                     {"kind", apo::tune::to_string(preset.kind)},
+                     {"summary", preset.summary},
+                     {"expected_performance", expected_json(preset.expected)}});
+    }
+    fmt::print("{}\n", out.dump(4));
+    return 0;
+  }
+  for (const auto& preset : apo::tune::presets()) {
+    fmt::print("{:<16} {:<9} {}\n", preset.name, apo::tune::to_string(preset.kind), preset.summary);
+  }
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"apo: fast, memory-frugal diffusion workflows"};
+  app.set_version_flag("--version", std::string("apo ") + APO_VERSION_STRING);
+  app.require_subcommand(1);
+
+  bool as_json = false;
+  bool kernel_check = false;
+  auto* probe = app.add_subcommand("probe", "Show this machine: CPU, memory, CUDA devices");
+  probe->add_flag("--json", as_json, "Print JSON");
+  probe->add_flag("--kernel-check", kernel_check, "Run a small apo kernel on each CUDA device");
+
+  std::optional<std::string> profile;
+  std::optional<std::string> workflow;
+  auto* recommend =
+      app.add_subcommand("recommend", "Print the configuration apo recommends for this machine");
+  recommend->add_option("--profile", profile, "speed_first, balanced or quality_first");
+  recommend->add_option("--workflow", workflow, "A workflow preset (see 'apo presets')");
+  recommend->add_flag("--json", as_json, "Print JSON with the reasons");
+
+  auto* presets = app.add_subcommand("presets", "List the hardware, profile and workflow presets");
+  presets->add_flag("--json", as_json, "Print JSON");
+
+  auto* config = app.add_subcommand("config", "Check or show configuration files");
+  config->require_subcommand(1);
+  std::vector<std::string> check_files;
+  bool portable = false;
+  auto* check =
+      config->add_subcommand("check", "Validate files; exit 1 with one message per problem");
+  check->add_option("files", check_files, "Configuration files")->required();
+  check->add_flag("--portable", portable, "Skip the checks against this machine (memory, cores)");
+
+  std::vector<std::string> show_files;
+  std::vector<std::string> show_presets;
+  std::vector<std::string> overrides;
+  auto* show = config->add_subcommand(
+      "show", "Print the effective configuration: defaults, presets, files, then --set");
+  show->add_option("files", show_files, "Configuration files, applied in order");
+  show->add_option("--preset", show_presets, "A preset to apply first (repeatable)");
+  show->add_option("--set", overrides, "An override key.path=value (repeatable)");
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::ParseError& error) {
+    const int code = app.exit(error);
+    return code == 0 ? 0 : kExitUsage;
+  }
+
+  try {
+    if (*probe) return run_probe(as_json, kernel_check);
+    if (*recommend) return run_recommend(profile, workflow, as_json);
+    if (*presets) return run_presets(as_json);
+    if (*check) return run_config_check(check_files, portable);
+    if (*show) return run_config_show(show_files, show_presets, overrides);
+  } catch (const apo::ConfigError& error) {
+    print_problems(error);
+    return kExitProblems;
+  } catch (const apo::Error& error) {
+    fmt::print(stderr, "apo: {}\n", error.what());
+    return kExitProblems;
+  }
+  return kExitUsage;
+}

@@ -1,0 +1,38 @@
+#pragma once
+
+// NVML, loaded at run time with dlopen so that apo needs neither the library nor its header to
+// build or run: a machine without an NVIDIA driver simply has no NVML.
+
+#include <string>
+#include <vector>
+
+#include "apo/core/machine.hpp"
+
+namespace apo::detail {
+
+class Nvml {
+ public:
+  /// Loads libnvidia-ml.so.1 and initializes it; status() says why when that failed.
+  Nvml();
+  ~Nvml();
+  Nvml(const Nvml&) = delete;
+  Nvml& operator=(const Nvml&) = delete;
+
+  bool ok() const noexcept { return initialized_; }
+  const std::string& status() const noexcept { return status_; }
+
+  /// Number of GPUs NVML sees (0 when not ok()).
+  int device_count() const;
+
+  /// Readings of the GPU at this PCI bus id ("0000:01:00.0"); empty when unknown.
+  GpuTelemetry telemetry(const std::string& pci_bus_id) const;
+
+ private:
+  struct Api;
+  void* library_ = nullptr;
+  Api* api_ = nullptr;
+  bool initialized_ = false;
+  std::string status_;
+};
+
+}  // namespace apo::detail
