@@ -3,7 +3,11 @@
 #include <algorithm>
 #include <exception>
 
+#include "apo/memory/caching_pool.hpp"
+
 namespace apo::memory {
+
+static_assert(ReleasablePool<CachingPool>);
 
 struct CleanupRegistration::Entry {
   std::string name;
