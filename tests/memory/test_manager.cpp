@@ -116,160 +116,165 @@ TEST_CASE("periodic passes run hooks and release pools above their mark", "[memo
   CHECK_FALSE(manager.poll());  // a check, and nothing is above its mark
 }
 
-TEST_CASE("requested passes release everything and run every hook", "[memory][manager]") {
-  apo::FakeClock clock;
-  MemoryManager manager(options_with(false), clock);
-  auto pool = pool_with_cache(1);
-  const auto watch = manager.watch("pool", pool, 1_GiB);
-  int hook_runs = 0;
-  const auto hook = manager.add_hook("hook", [&](const CleanupContext& context) {
-    ++hook_runs;
-    CHECK(context.reason == CleanupReason::requested);
-    return std::int64_t{0};
-  });
-  const CleanupReport report = manager.cleanup_now();
-  CHECK(report.reason == CleanupReason::requested);
-  CHECK(report.bytes_released == 12_MiB);
-  CHECK(report.entries_run == 2);
-  CHECK(report.failures.empty());
-  CHECK(hook_runs == 1);
-
-  manager.request_cleanup();  // without a thread, the next poll serves it
-  CHECK(manager.poll());
-  CHECK(hook_runs == 2);
-  CHECK(manager.stats().requested_passes == 2);
-}
-
-TEST_CASE("a failing hook is recorded and the others still run", "[memory][manager]") {
-  apo::FakeClock clock;
-  MemoryManager manager(options_with(false), clock);
-  bool later_ran = false;
-  const auto failing = manager.add_hook("flaky cache", [](const CleanupContext&) -> std::int64_t {
-    throw std::runtime_error("disk gone");
-  });
-  const auto later = manager.add_hook("later", [&](const CleanupContext&) {
-    later_ran = true;
-    return std::int64_t{1};
-  });
-  const CleanupReport report = manager.cleanup_now();
-  REQUIRE(report.failures.size() == 1);
-  CHECK(report.failures[0] == "flaky cache: disk gone");
-  CHECK(later_ran);
-  CHECK(manager.stats().failures == 1);
-  CHECK(manager.stats().last_failure == "flaky cache: disk gone");
-  require_error(ErrorCode::InvalidArgument, [&] { (void)manager.add_hook("empty", {}); });
-  require_error(ErrorCode::InvalidArgument,
-                [&] { (void)manager.watch("none", std::shared_ptr<CachingPool>{}, 0); });
-}
-
-TEST_CASE("registrations unregister, outlive the manager and may end inside their hook",
-          "[memory][manager]") {
-  apo::FakeClock clock;
-  CleanupRegistration survivor;
-  int runs = 0;
-  {
+TEST_CASE("MemoryManager requested passes and failures", "[memory][manager]") {
+  SECTION("requested passes release everything and run every hook") {
+    apo::FakeClock clock;
     MemoryManager manager(options_with(false), clock);
-    CleanupRegistration dropped = manager.add_hook("dropped", [&](const CleanupContext&) {
-      ++runs;
+    auto pool = pool_with_cache(1);
+    const auto watch = manager.watch("pool", pool, 1_GiB);
+    int hook_runs = 0;
+    const auto hook = manager.add_hook("hook", [&](const CleanupContext& context) {
+      ++hook_runs;
+      CHECK(context.reason == CleanupReason::requested);
       return std::int64_t{0};
     });
-    dropped.reset();
-    CHECK_FALSE(dropped);
-    manager.cleanup_now();
-    CHECK(runs == 0);
+    const CleanupReport report = manager.cleanup_now();
+    CHECK(report.reason == CleanupReason::requested);
+    CHECK(report.bytes_released == 12_MiB);
+    CHECK(report.entries_run == 2);
+    CHECK(report.failures.empty());
+    CHECK(hook_runs == 1);
 
-    CleanupRegistration self;
-    self = manager.add_hook("once", [&](const CleanupContext&) {
-      ++runs;
-      self.reset();  // a hook may drop its own registration
-      return std::int64_t{0};
-    });
-    manager.cleanup_now();
-    manager.cleanup_now();
-    CHECK(runs == 1);
-    survivor = manager.add_hook("survivor", [](const CleanupContext&) { return std::int64_t{0}; });
+    manager.request_cleanup();  // without a thread, the next poll serves it
+    CHECK(manager.poll());
+    CHECK(hook_runs == 2);
+    CHECK(manager.stats().requested_passes == 2);
   }
-  CHECK(survivor);
-  survivor.reset();  // after the manager: nothing to unregister from, and no crash
+
+  SECTION("a failing hook is recorded and the others still run") {
+    apo::FakeClock clock;
+    MemoryManager manager(options_with(false), clock);
+    bool later_ran = false;
+    const auto failing = manager.add_hook("flaky cache", [](const CleanupContext&) -> std::int64_t {
+      throw std::runtime_error("disk gone");
+    });
+    const auto later = manager.add_hook("later", [&](const CleanupContext&) {
+      later_ran = true;
+      return std::int64_t{1};
+    });
+    const CleanupReport report = manager.cleanup_now();
+    REQUIRE(report.failures.size() == 1);
+    CHECK(report.failures[0] == "flaky cache: disk gone");
+    CHECK(later_ran);
+    CHECK(manager.stats().failures == 1);
+    CHECK(manager.stats().last_failure == "flaky cache: disk gone");
+    require_error(ErrorCode::InvalidArgument, [&] { (void)manager.add_hook("empty", {}); });
+    require_error(ErrorCode::InvalidArgument,
+                  [&] { (void)manager.watch("none", std::shared_ptr<CachingPool>{}, 0); });
+  }
 }
 
-TEST_CASE("dropping a registration waits for its run in progress", "[memory][manager]") {
-  apo::FakeClock clock;
-  MemoryManager manager(options_with(false), clock);
-  std::atomic<bool> entered{false};
-  std::atomic<bool> finish{false};
-  std::atomic<bool> hook_done{false};
-  auto registration =
-      std::make_unique<CleanupRegistration>(manager.add_hook("slow", [&](const CleanupContext&) {
-        entered = true;
-        while (!finish) std::this_thread::sleep_for(1ms);
-        hook_done = true;
+TEST_CASE("MemoryManager registrations", "[memory][manager]") {
+  SECTION("registrations unregister, outlive the manager and may end inside their hook") {
+    apo::FakeClock clock;
+    CleanupRegistration survivor;
+    int runs = 0;
+    {
+      MemoryManager manager(options_with(false), clock);
+      CleanupRegistration dropped = manager.add_hook("dropped", [&](const CleanupContext&) {
+        ++runs;
         return std::int64_t{0};
-      }));
-  std::thread pass([&] { manager.cleanup_now(); });
-  REQUIRE(eventually([&] { return entered.load(); }));
+      });
+      dropped.reset();
+      CHECK_FALSE(dropped);
+      manager.cleanup_now();
+      CHECK(runs == 0);
 
-  std::atomic<bool> dropped{false};
-  std::atomic<bool> hook_done_when_dropped{false};
-  std::thread dropper([&] {
-    registration.reset();
-    hook_done_when_dropped = hook_done.load();
-    dropped = true;
-  });
-  std::this_thread::sleep_for(50ms);
-  CHECK_FALSE(dropped);
-  finish = true;
-  dropper.join();
-  pass.join();
-  CHECK(dropped);
-  CHECK(hook_done_when_dropped);  // the hook had finished before the registration was gone
+      CleanupRegistration self;
+      self = manager.add_hook("once", [&](const CleanupContext&) {
+        ++runs;
+        self.reset();  // a hook may drop its own registration
+        return std::int64_t{0};
+      });
+      manager.cleanup_now();
+      manager.cleanup_now();
+      CHECK(runs == 1);
+      survivor =
+          manager.add_hook("survivor", [](const CleanupContext&) { return std::int64_t{0}; });
+    }
+    CHECK(survivor);
+    survivor.reset();  // after the manager: nothing to unregister from, and no crash
+  }
+
+  SECTION("dropping a registration waits for its run in progress") {
+    apo::FakeClock clock;
+    MemoryManager manager(options_with(false), clock);
+    std::atomic<bool> entered{false};
+    std::atomic<bool> finish{false};
+    std::atomic<bool> hook_done{false};
+    auto registration =
+        std::make_unique<CleanupRegistration>(manager.add_hook("slow", [&](const CleanupContext&) {
+          entered = true;
+          while (!finish) std::this_thread::sleep_for(1ms);
+          hook_done = true;
+          return std::int64_t{0};
+        }));
+    std::thread pass([&] { manager.cleanup_now(); });
+    REQUIRE(eventually([&] { return entered.load(); }));
+
+    std::atomic<bool> dropped{false};
+    std::atomic<bool> hook_done_when_dropped{false};
+    std::thread dropper([&] {
+      registration.reset();
+      hook_done_when_dropped = hook_done.load();
+      dropped = true;
+    });
+    std::this_thread::sleep_for(50ms);
+    CHECK_FALSE(dropped);
+    finish = true;
+    dropper.join();
+    pass.join();
+    CHECK(dropped);
+    CHECK(hook_done_when_dropped);  // the hook had finished before the registration was gone
+  }
 }
 
-TEST_CASE("the manager thread follows the clock, wakes on request and stops promptly",
-          "[memory][manager]") {
-  apo::FakeClock clock;
-  MemoryManagerOptions options;
-  options.cleanup_interval = 3600s;
-  options.high_water_check_interval = 3600s;
-  MemoryManager manager(options, clock);
-  std::atomic<int> runs{0};
-  const auto hook = manager.add_hook("hook", [&](const CleanupContext&) {
-    ++runs;
-    return std::int64_t{0};
-  });
+TEST_CASE("MemoryManager thread", "[memory][manager]") {
+  SECTION("the manager thread follows the clock, wakes on request and stops promptly") {
+    apo::FakeClock clock;
+    MemoryManagerOptions options;
+    options.cleanup_interval = 3600s;
+    options.high_water_check_interval = 3600s;
+    MemoryManager manager(options, clock);
+    std::atomic<int> runs{0};
+    const auto hook = manager.add_hook("hook", [&](const CleanupContext&) {
+      ++runs;
+      return std::int64_t{0};
+    });
 
-  manager.start();
-  manager.start();  // already running: no second thread
-  CHECK(manager.running());
+    manager.start();
+    manager.start();  // already running: no second thread
+    CHECK(manager.running());
 
-  clock.advance(3600s);
-  manager.wake();
-  CHECK(eventually([&] { return manager.stats().periodic_passes == 1; }));
+    clock.advance(3600s);
+    manager.wake();
+    CHECK(eventually([&] { return manager.stats().periodic_passes == 1; }));
 
-  manager.request_cleanup();
-  CHECK(eventually([&] { return manager.stats().requested_passes == 1; }));
-  CHECK(runs == 2);
+    manager.request_cleanup();
+    CHECK(eventually([&] { return manager.stats().requested_passes == 1; }));
+    CHECK(runs == 2);
 
-  const auto before = std::chrono::steady_clock::now();
-  manager.stop();  // an hour until the next pass; stop does not wait for it
-  CHECK(std::chrono::steady_clock::now() - before < 2s);
-  CHECK_FALSE(manager.running());
-  manager.stop();
+    const auto before = std::chrono::steady_clock::now();
+    manager.stop();  // an hour until the next pass; stop does not wait for it
+    CHECK(std::chrono::steady_clock::now() - before < 2s);
+    CHECK_FALSE(manager.running());
+    manager.stop();
 
-  manager.start();  // a stopped manager can start again
-  CHECK(manager.running());
-}  // the destructor stops and joins it
+    manager.start();  // a stopped manager can start again; the destructor stops and joins it
+    CHECK(manager.running());
+  }
 
-TEST_CASE("the manager thread releases a pool that passes its mark", "[memory][manager]") {
-  MemoryManagerOptions options;
-  options.cleanup_interval = 3600s;
-  options.high_water_check_interval = 5ms;  // real time: the steady clock
-  MemoryManager manager(options);
-  auto pool = std::make_shared<CachingPool>(HostResource{});
-  const auto watch = manager.watch("pool", pool, 16_MiB);
-  manager.start();
-  void* block = pool->allocate(24_MiB);
-  pool->deallocate(block, 24_MiB);  // 24 MiB cached, above the mark
-  CHECK(eventually([&] { return pool->bytes_reserved() == 0; }));
-  CHECK(manager.stats().high_water_passes >= 1);
+  SECTION("the manager thread releases a pool that passes its mark") {
+    MemoryManagerOptions options;
+    options.cleanup_interval = 3600s;
+    options.high_water_check_interval = 5ms;  // real time: the steady clock
+    MemoryManager manager(options);
+    auto pool = std::make_shared<CachingPool>(HostResource{});
+    const auto watch = manager.watch("pool", pool, 16_MiB);
+    manager.start();
+    void* block = pool->allocate(24_MiB);
+    pool->deallocate(block, 24_MiB);  // 24 MiB cached, above the mark
+    CHECK(eventually([&] { return pool->bytes_reserved() == 0; }));
+    CHECK(manager.stats().high_water_passes >= 1);
+  }
 }

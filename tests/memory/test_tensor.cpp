@@ -33,121 +33,122 @@ bool owns(const CachingPool& pool, std::int64_t bytes) {
 
 }  // namespace
 
-TEST_CASE("empty_from makes a tensor on the pool's memory", "[memory][tensor]") {
-  auto pool = std::make_shared<CachingPool>(HostResource{});
-  at::Tensor tensor = empty_from(AnyResource(pool), {4, 8}, at::kFloat);
-  CHECK(tensor.sizes() == at::IntArrayRef({4, 8}));
-  CHECK(tensor.scalar_type() == at::kFloat);
-  CHECK(tensor.device().is_cpu());
-  CHECK(tensor.is_contiguous());
-  CHECK(owns(*pool, 4 * 8 * 4));
-  CHECK(apo::memory::testing::is_aligned(tensor.data_ptr(), kDefaultAlignment));
+TEST_CASE("pooled tensors", "[memory][tensor]") {
+  SECTION("empty_from makes a tensor on the pool's memory") {
+    auto pool = std::make_shared<CachingPool>(HostResource{});
+    at::Tensor tensor = empty_from(AnyResource(pool), {4, 8}, at::kFloat);
+    CHECK(tensor.sizes() == at::IntArrayRef({4, 8}));
+    CHECK(tensor.scalar_type() == at::kFloat);
+    CHECK(tensor.device().is_cpu());
+    CHECK(tensor.is_contiguous());
+    CHECK(owns(*pool, 4 * 8 * 4));
+    CHECK(apo::memory::testing::is_aligned(tensor.data_ptr(), kDefaultAlignment));
 
-  tensor.fill_(2.0f);
-  CHECK(tensor.sum().item<float>() == 64.0f);
-  at::Tensor doubled = tensor * 2;  // an ordinary torch allocation, not the pool's
-  CHECK(owns(*pool, 4 * 8 * 4));
+    tensor.fill_(2.0f);
+    CHECK(tensor.sum().item<float>() == 64.0f);
+    at::Tensor doubled = tensor * 2;  // an ordinary torch allocation, not the pool's
+    CHECK(owns(*pool, 4 * 8 * 4));
 
-  tensor.reset();
-  CHECK(owns(*pool, 0));
-  CHECK(pool->stats().live_allocations == 0);
-  CHECK(doubled.sum().item<float>() == 128.0f);
-}
-
-TEST_CASE("a pooled tensor freed on another thread returns to its pool", "[memory][tensor]") {
-  auto pool = std::make_shared<CachingPool>(HostResource{});
-  const AnyResource resource(pool);
-  std::vector<at::Tensor> tensors;
-  for (int i = 0; i < 32; ++i) tensors.push_back(empty_from(resource, {256 + i}, at::kDouble));
-  CHECK(pool->stats().live_allocations == 32);
-
-  std::thread other([moved = std::move(tensors)]() mutable {
-    for (at::Tensor& tensor : moved) tensor.fill_(1.0);
-    moved.clear();  // the last references die here
-  });
-  // Meanwhile this thread keeps using the same pool.
-  for (int i = 0; i < 200; ++i) {
-    at::Tensor scratch = empty_from(resource, {1024}, at::kFloat);
-    scratch.zero_();
+    tensor.reset();
+    CHECK(owns(*pool, 0));
+    CHECK(pool->stats().live_allocations == 0);
+    CHECK(doubled.sum().item<float>() == 128.0f);
   }
-  other.join();
-  CHECK(pool->stats().live_allocations == 0);
-  CHECK(pool->stats().bytes_in_use == 0);
-}
 
-TEST_CASE("a view outlives its base and keeps the block", "[memory][tensor]") {
-  auto pool = std::make_shared<CachingPool>(HostResource{});
-  at::Tensor base = empty_from(AnyResource(pool), {10, 10}, at::kFloat);
-  base.copy_(at::arange(100, at::kFloat).view({10, 10}));
-  at::Tensor view = base.slice(/*dim=*/0, 2, 5).t();
-  base.reset();
-  CHECK(pool->stats().live_allocations == 1);  // the view holds the storage
-  CHECK(view.sizes() == at::IntArrayRef({10, 3}));
-  CHECK(view[0][0].item<float>() == 20.0f);
-  CHECK(view.sum().item<float>() == Approx((20 + 49) * 30 / 2.0));
+  SECTION("a pooled tensor freed on another thread returns to its pool") {
+    auto pool = std::make_shared<CachingPool>(HostResource{});
+    const AnyResource resource(pool);
+    std::vector<at::Tensor> tensors;
+    for (int i = 0; i < 32; ++i) tensors.push_back(empty_from(resource, {256 + i}, at::kDouble));
+    CHECK(pool->stats().live_allocations == 32);
 
-  std::thread([v = std::move(view)]() mutable { v.reset(); }).join();
-  CHECK(pool->stats().live_allocations == 0);
-}
-
-TEST_CASE("a pooled tensor keeps its pool alive after every other handle is gone",
-          "[memory][tensor]") {
-  auto counted = std::make_shared<StatisticsAdaptor>(HostResource{});
-  auto pool = std::make_shared<CachingPool>(AnyResource(counted));
-  std::weak_ptr<CachingPool> watch = pool;
-  at::Tensor tensor = empty_from(AnyResource(pool), {1000}, at::kFloat);
-  pool.reset();
-  REQUIRE_FALSE(watch.expired());
-  tensor.fill_(3.0f);
-  CHECK(tensor.sum().item<float>() == 3000.0f);
-  tensor.reset();  // the last tensor: the pool goes, and gives its slab back
-  CHECK(watch.expired());
-  CHECK(counted->stats().bytes.current == 0);
-}
-
-TEST_CASE("pooled tensors from an arena rewind it when they die", "[memory][tensor]") {
-  auto arena = std::make_shared<ArenaPool>(HostResource{}, 1_MiB);
-  {
-    at::Tensor a = empty_from(AnyResource(arena), {1000}, at::kFloat);
-    at::Tensor b = empty_from(AnyResource(arena), {1000}, at::kFloat);
-    CHECK(arena->stats().live_allocations == 2);
-    CHECK(b.data_ptr<float>() >= a.data_ptr<float>() + 1000);
+    std::thread other([moved = std::move(tensors)]() mutable {
+      for (at::Tensor& tensor : moved) tensor.fill_(1.0);
+      moved.clear();  // the last references die here
+    });
+    // Meanwhile this thread keeps using the same pool.
+    for (int i = 0; i < 200; ++i) {
+      at::Tensor scratch = empty_from(resource, {1024}, at::kFloat);
+      scratch.zero_();
+    }
+    other.join();
+    CHECK(pool->stats().live_allocations == 0);
+    CHECK(pool->stats().bytes_in_use == 0);
   }
-  CHECK(arena->stats().offset_bytes == 0);
-}
 
-TEST_CASE("empty_from rejects bad shapes and pooled storage cannot grow", "[memory][tensor]") {
-  const AnyResource resource(std::make_shared<CachingPool>(HostResource{}));
-  require_error(ErrorCode::InvalidArgument, [&] { empty_from(resource, {2, -3}, at::kFloat); });
-  require_error(ErrorCode::OutOfMemory, [&] {
-    empty_from(resource, {1 << 30, 1 << 30, 1 << 30}, at::kFloat);
-  });
-  const at::Tensor empty = empty_from(resource, {0, 5}, at::kFloat);
-  CHECK(empty.numel() == 0);
+  SECTION("a view outlives its base and keeps the block") {
+    auto pool = std::make_shared<CachingPool>(HostResource{});
+    at::Tensor base = empty_from(AnyResource(pool), {10, 10}, at::kFloat);
+    base.copy_(at::arange(100, at::kFloat).view({10, 10}));
+    at::Tensor view = base.slice(/*dim=*/0, 2, 5).t();
+    base.reset();
+    CHECK(pool->stats().live_allocations == 1);  // the view holds the storage
+    CHECK(view.sizes() == at::IntArrayRef({10, 3}));
+    CHECK(view[0][0].item<float>() == 20.0f);
+    CHECK(view.sum().item<float>() == Approx((20 + 49) * 30 / 2.0));
 
-  at::Tensor tensor = empty_from(resource, {16}, at::kFloat);
-  CHECK_THROWS_AS(tensor.resize_({1 << 20}), c10::Error);
-  tensor.resize_({8});  // shrinking stays within the block
-  CHECK(tensor.numel() == 8);
-}
-
-TEST_CASE("PoolAllocator hands out DataPtrs that return to the resource", "[memory][tensor]") {
-  auto pool = std::make_shared<CachingPool>(HostResource{});
-  PoolAllocator allocator(AnyResource(pool), 64);
-  CHECK(allocator.device().is_cpu());
-  {
-    c10::DataPtr data = allocator.allocate(1000);
-    REQUIRE(data.get() != nullptr);
-    CHECK(apo::memory::testing::is_aligned(data.get(), 64));
-    CHECK(owns(*pool, 1000));
-    c10::DataPtr copy = allocator.allocate(1000);
-    std::memset(data.get(), 7, 1000);
-    allocator.copy_data(copy.get(), data.get(), 1000);
-    CHECK(static_cast<unsigned char*>(copy.get())[999] == 7);
+    std::thread([v = std::move(view)]() mutable { v.reset(); }).join();
+    CHECK(pool->stats().live_allocations == 0);
   }
-  CHECK(owns(*pool, 0));
-  CHECK(allocator.allocate(0).get() == nullptr);
-  require_error(ErrorCode::InvalidArgument, [&] { PoolAllocator(AnyResource(pool), 3); });
+
+  SECTION("a pooled tensor keeps its pool alive after every other handle is gone") {
+    auto counted = std::make_shared<StatisticsAdaptor>(HostResource{});
+    auto pool = std::make_shared<CachingPool>(AnyResource(counted));
+    std::weak_ptr<CachingPool> watch = pool;
+    at::Tensor tensor = empty_from(AnyResource(pool), {1000}, at::kFloat);
+    pool.reset();
+    REQUIRE_FALSE(watch.expired());
+    tensor.fill_(3.0f);
+    CHECK(tensor.sum().item<float>() == 3000.0f);
+    tensor.reset();  // the last tensor: the pool goes, and gives its slab back
+    CHECK(watch.expired());
+    CHECK(counted->stats().bytes.current == 0);
+  }
+
+  SECTION("pooled tensors from an arena rewind it when they die") {
+    auto arena = std::make_shared<ArenaPool>(HostResource{}, 1_MiB);
+    {
+      at::Tensor a = empty_from(AnyResource(arena), {1000}, at::kFloat);
+      at::Tensor b = empty_from(AnyResource(arena), {1000}, at::kFloat);
+      CHECK(arena->stats().live_allocations == 2);
+      CHECK(b.data_ptr<float>() >= a.data_ptr<float>() + 1000);
+    }
+    CHECK(arena->stats().offset_bytes == 0);
+  }
+
+  SECTION("empty_from rejects bad shapes and pooled storage cannot grow") {
+    const AnyResource resource(std::make_shared<CachingPool>(HostResource{}));
+    require_error(ErrorCode::InvalidArgument, [&] { empty_from(resource, {2, -3}, at::kFloat); });
+    require_error(ErrorCode::OutOfMemory, [&] {
+      empty_from(resource, {1 << 30, 1 << 30, 1 << 30}, at::kFloat);
+    });
+    const at::Tensor empty = empty_from(resource, {0, 5}, at::kFloat);
+    CHECK(empty.numel() == 0);
+
+    at::Tensor tensor = empty_from(resource, {16}, at::kFloat);
+    CHECK_THROWS_AS(tensor.resize_({1 << 20}), c10::Error);
+    tensor.resize_({8});  // shrinking stays within the block
+    CHECK(tensor.numel() == 8);
+  }
+
+  SECTION("PoolAllocator hands out DataPtrs that return to the resource") {
+    auto pool = std::make_shared<CachingPool>(HostResource{});
+    PoolAllocator allocator(AnyResource(pool), 64);
+    CHECK(allocator.device().is_cpu());
+    {
+      c10::DataPtr data = allocator.allocate(1000);
+      REQUIRE(data.get() != nullptr);
+      CHECK(apo::memory::testing::is_aligned(data.get(), 64));
+      CHECK(owns(*pool, 1000));
+      c10::DataPtr copy = allocator.allocate(1000);
+      std::memset(data.get(), 7, 1000);
+      allocator.copy_data(copy.get(), data.get(), 1000);
+      CHECK(static_cast<unsigned char*>(copy.get())[999] == 7);
+    }
+    CHECK(owns(*pool, 0));
+    CHECK(allocator.allocate(0).get() == nullptr);
+    require_error(ErrorCode::InvalidArgument, [&] { PoolAllocator(AnyResource(pool), 3); });
+  }
 }
 
 TEST_CASE("CpuAllocationScope serves torch's CPU allocations on its thread", "[memory][tensor]") {
