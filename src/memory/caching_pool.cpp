@@ -67,28 +67,6 @@ struct SizeClass {
   std::vector<char*> slabs;       // bases, ascending
 };
 
-bool is_upstream_out_of_memory(const std::exception_ptr& error) {
-  try {
-    std::rethrow_exception(error);
-  } catch (const Error& e) {
-    return e.code() == ErrorCode::OutOfMemory;
-  } catch (const std::bad_alloc&) {
-    return true;
-  } catch (...) {
-    return false;
-  }
-}
-
-std::string describe(const std::exception_ptr& error) {
-  try {
-    std::rethrow_exception(error);
-  } catch (const std::exception& e) {
-    return e.what();
-  } catch (...) {
-    return "unknown error";
-  }
-}
-
 }  // namespace
 
 struct CachingPool::Impl {
@@ -115,27 +93,35 @@ struct CachingPool::Impl {
 
   // --- upstream ------------------------------------------------------------------------------
 
-  // Asks the upstream for a segment; on refusal releases the cache and asks once more.
+  // Asks the upstream for a segment; on refusal (OutOfMemory or bad_alloc) releases the cache
+  // and asks once more. Other errors pass through.
   char* obtain_segment(std::int64_t bytes, std::int64_t request_bytes) {
-    std::exception_ptr first;
-    try {
+    const auto ask = [&] {
       return static_cast<char*>(upstream.allocate(bytes, kSegmentAlignment));
-    } catch (...) {
-      first = std::current_exception();
+    };
+    try {
+      return ask();
+    } catch (const Error& error) {
+      if (error.code() != ErrorCode::OutOfMemory) throw;
+    } catch (const std::bad_alloc&) {
     }
-    if (!is_upstream_out_of_memory(first)) std::rethrow_exception(first);
     release_locked();
-    try {
-      return static_cast<char*>(upstream.allocate(bytes, kSegmentAlignment));
-    } catch (...) {
-      const std::exception_ptr second = std::current_exception();
-      if (!is_upstream_out_of_memory(second)) throw;
+    const auto refuse = [&](const char* why) {
       fail(ErrorCode::OutOfMemory,
            "CachingPool: the upstream refused a {} segment for a {} request even after the "
            "cache was released ({} in use, {} reserved): {}",
            format_bytes(bytes), format_bytes(request_bytes), format_bytes(counters.bytes_in_use),
-           format_bytes(counters.bytes_reserved), describe(second));
+           format_bytes(counters.bytes_reserved), why);
+    };
+    try {
+      return ask();
+    } catch (const Error& error) {
+      if (error.code() != ErrorCode::OutOfMemory) throw;
+      refuse(error.what());
+    } catch (const std::bad_alloc& error) {
+      refuse(error.what());
     }
+    return nullptr;  // not reached: refuse() throws
   }
 
   void add_reserved(std::int64_t bytes) {
