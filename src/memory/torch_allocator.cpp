@@ -164,7 +164,8 @@ CleanupHook torch_device_cache_hook() {
     if (!accelerator) return 0;
     const auto reserved = [&] {
       std::int64_t total = 0;
-      const auto aggregate = static_cast<std::size_t>(c10::CachingAllocator::StatType::AGGREGATE);
+      const auto aggregate =
+          static_cast<std::size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
       for (c10::DeviceIndex i = 0; i < at::accelerator::deviceCount(); ++i) {
         total += at::accelerator::getDeviceStats(i).reserved_bytes[aggregate].current;
       }
