@@ -87,9 +87,9 @@ inline std::string describe(const Request& request) {
 /// @brief Throws Error(InvalidArgument) naming the first field of `request` that no workflow
 /// could accept; the context is describe(request)'s "request ID".
 inline void validate(const Request& request) {
-  const std::string context = fmt::format("request {}", request.id);
   const auto bad = [&](std::string message) {
-    throw Error(ErrorCode::InvalidArgument, std::move(message), context);
+    throw Error(ErrorCode::InvalidArgument, std::move(message),
+                fmt::format("request {}", request.id));
   };
   if (request.workflow.empty()) bad("workflow is empty");
   if (request.workflow.size() > kMaxWorkflowNameBytes) {

@@ -9,13 +9,13 @@
 #include <cstdint>
 #include <mutex>
 #include <optional>
-#include <unordered_map>
 #include <utility>
 #include <vector>
 
 #include <fmt/format.h>
 
 #include "apo/core/error.hpp"
+#include "apo/sched/detail/id_index.hpp"
 #include "apo/sched/detail/indexed_heap.hpp"
 #include "apo/sched/scheduler.hpp"
 
@@ -36,21 +36,13 @@ class RequestStore {
     std::uint32_t group = 0;  ///< the policy's group of this request, if it has groups
   };
 
-  explicit RequestStore(std::size_t expected) {
-    by_id_.reserve(std::min<std::size_t>(expected, std::size_t{1} << 16));
-  }
-
   std::size_t size() const noexcept { return by_id_.size(); }
   /// @brief Slots ever used (an upper bound on slot numbers, for per-slot arrays).
   std::size_t capacity() const noexcept { return slots_.size(); }
   Slot& operator[](std::uint32_t slot) noexcept { return slots_[slot]; }
   const Slot& operator[](std::uint32_t slot) const noexcept { return slots_[slot]; }
 
-  std::optional<std::uint32_t> find(RequestId id) const {
-    const auto found = by_id_.find(id);
-    if (found == by_id_.end()) return std::nullopt;
-    return found->second;
-  }
+  std::optional<std::uint32_t> find(RequestId id) const { return by_id_.find(id); }
 
   /// @brief Stores a request whose id is not queued; returns its slot.
   std::uint32_t insert(Request&& request, std::uint64_t seq, std::int64_t key) {
@@ -67,7 +59,7 @@ class RequestStore {
     Slot& stored = slots_[slot];
     stored.seq = seq;
     stored.key = key;
-    by_id_.emplace(stored.request.id, slot);
+    by_id_.insert(stored.request.id, slot);
     if (stored.request.deadline) {
       deadlines_.push({to_ns(*stored.request.deadline), seq, slot}, deadline_positions_);
     }
@@ -99,7 +91,7 @@ class RequestStore {
  private:
   std::vector<Slot> slots_;
   std::vector<std::uint32_t> free_;
-  std::unordered_map<RequestId, std::uint32_t> by_id_;
+  IdIndex by_id_;
   IndexedHeap deadlines_;
   std::vector<std::uint32_t> deadline_positions_;
 };
@@ -210,7 +202,7 @@ class SchedulerCore {
 
  protected:
   SchedulerCore(const Clock& clock, SchedulerOptions options)
-      : clock_(clock), options_(validated(std::move(options))), store_(options_.max_queue_size) {}
+      : clock_(clock), options_(validated(std::move(options))) {}
 
   Request release(std::uint32_t slot) { return store_.release(slot); }
 
