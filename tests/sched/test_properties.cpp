@@ -224,8 +224,8 @@ void run_properties(int setup, std::uint64_t seed) {
   auto batcher = BatcherFactory::make();
   const auto report = apo::sched::simulate(
       trace, [&](const Clock& clock) { return Scheduler(clock, options); }, batcher, sim);
-  INFO("seed " << seed << ", setup " << setup << ": completed " << report.completed
-               << ", rejected " << report.rejected << ", timed out " << report.timed_out);
+  INFO("seed " << seed << ", setup " << setup << ": completed " << report.completed << ", rejected "
+               << report.rejected << ", timed out " << report.timed_out);
   CHECK(report.completed > 0);
   if (setup == 1) CHECK(report.rejections.count("no_device_fits") == 1);
   check_report<Scheduler>(report, sim, options,

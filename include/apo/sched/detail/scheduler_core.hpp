@@ -151,7 +151,15 @@ class SchedulerCore {
     const Request& lead = store_[*head].request;
     const BatchCandidate candidate{GroupKeyView(lead), policy().available(*head),
                                    lead.memory_estimate_bytes, lead.submit_time, now};
-    BatchPlan plan = std::forward<Planner>(planner)(std::as_const(candidate));
+    BatchPlan plan;
+    try {
+      plan = std::forward<Planner>(planner)(std::as_const(candidate));
+    } catch (...) {
+      // The requests expired above must still reach a caller: the next pop or expire returns
+      // them.
+      for (Request& request : result.timed_out) undelivered_.push_back(std::move(request));
+      throw;
+    }
     if (!plan.takes()) {
       result.retry_at = earliest(plan.wait_until, store_.next_deadline());
       return result;
@@ -227,6 +235,10 @@ class SchedulerCore {
   const Policy& policy() const { return static_cast<const Policy&>(*this); }
 
   void expire_locked(Clock::time_point now, std::vector<Request>& out) {
+    if (!undelivered_.empty()) {
+      out = std::move(undelivered_);
+      undelivered_.clear();
+    }
     while (const std::optional<std::uint32_t> slot = store_.overdue(now)) {
       policy().unlink(*slot);
       out.push_back(release(*slot));
@@ -237,6 +249,7 @@ class SchedulerCore {
   mutable std::mutex mutex_;
   SchedulerStats stats_;
   std::uint64_t next_seq_ = 0;
+  std::vector<Request> undelivered_;  ///< timed out during a pop whose planner threw
 };
 
 }  // namespace apo::sched::detail
