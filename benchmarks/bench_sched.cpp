@@ -294,9 +294,8 @@ void simulation_cases(apo::bench::Report& report, bool quick) {
                 grouped.wait_p99_s, "s", fifo.wait_p99_s, Better::lower});
     report.add({fmt::format("simulated {}: grouped priority vs FIFO", load), "p50 queue wait",
                 grouped.wait_p50_s, "s", fifo.wait_p50_s, Better::lower});
-    report.add({fmt::format("simulated {}: grouped priority vs FIFO", load),
-                "p99 wait, priority 7-9", high_priority_p99_s(grouped), "s",
-                high_priority_p99_s(fifo), Better::lower});
+    report.add({fmt::format("simulated {}: grouped priority vs FIFO", load), "p99 wait, prio 7-9",
+                high_priority_p99_s(grouped), "s", high_priority_p99_s(fifo), Better::lower});
     report.add({fmt::format("simulated {}: grouped priority vs FIFO", load), "max queue wait",
                 grouped.wait_max_s, "s", fifo.wait_max_s, Better::lower});
     report.add({fmt::format("simulated {}: grouped priority vs FIFO", load), "mean batch size",

@@ -92,7 +92,7 @@ struct GroupKeyEqual {
 /// @brief What a scheduler shows a batcher about the batch it would form next: the group of its
 /// most urgent request (the head).
 struct BatchCandidate {
-  GroupKeyView key;
+  GroupKeyView key;  ///< borrowed from the head request: valid during the planner call only
   /// Requests that could join a batch led by the head, the head included (a FIFO scheduler stops
   /// counting at kMaxBatchSize).
   std::size_t available = 0;

@@ -198,7 +198,7 @@ class SimulationLedger {
 /// to the batcher), applies the trace's events due (a submit is first admitted by placement:
 /// a request no device can hold is rejected), and dispatches batches while a device has room.
 /// A device's worker starts a placed batch at once. Deterministic: the same inputs give the same
-/// report.
+/// report. Single-threaded; separate simulations may run on separate threads.
 template <class MakeScheduler, batch::Batcher B>
 SimulationReport simulate(const std::vector<TraceEvent>& trace, MakeScheduler&& make_scheduler,
                           B& batcher, const SimulationOptions& options) {
