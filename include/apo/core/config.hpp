@@ -51,6 +51,10 @@ enum class Sampler {
 };
 
 enum class NoiseSchedule { linear, cosine, karras, exponential };
+/// @brief How queued requests are ordered: arrival order, or priority with aging.
+enum class QueuePolicy { fifo, priority };
+/// @brief How batch sizes are chosen: a fixed size, or from memory and throughput history.
+enum class BatchPolicy { fixed, memory_aware };
 enum class BlendMode { normal, soft_light, overlay, multiply, screen };
 enum class LayerStrategy { sequential, parallel };
 
@@ -138,6 +142,24 @@ struct EnumTraits<LayerStrategy> {
   static constexpr std::array<EnumEntry<LayerStrategy>, 2> entries{{
       {LayerStrategy::sequential, "sequential"},
       {LayerStrategy::parallel, "parallel"},
+  }};
+};
+
+template <>
+struct EnumTraits<QueuePolicy> {
+  static constexpr std::string_view noun = "queue policy";
+  static constexpr std::array<EnumEntry<QueuePolicy>, 2> entries{{
+      {QueuePolicy::fifo, "fifo"},
+      {QueuePolicy::priority, "priority"},
+  }};
+};
+
+template <>
+struct EnumTraits<BatchPolicy> {
+  static constexpr std::string_view noun = "batch policy";
+  static constexpr std::array<EnumEntry<BatchPolicy>, 2> entries{{
+      {BatchPolicy::fixed, "fixed"},
+      {BatchPolicy::memory_aware, "memory_aware"},
   }};
 };
 
@@ -450,6 +472,53 @@ struct QwenOptimization {
   friend bool operator==(const QwenOptimization&, const QwenOptimization&) = default;
 };
 
+/// @brief "scheduling": the request queue, dynamic batching and placement across devices
+/// (include/apo/sched, include/apo/batch). Batch sizes themselves are
+/// performance_optimization.batch_size (fixed) and .max_batch_size (dynamic cap).
+struct Scheduling {
+  QueuePolicy queue_policy = QueuePolicy::priority;
+  BatchPolicy batch_policy = BatchPolicy::memory_aware;
+  /// Requests a queue holds; a submit beyond it is Rejected (Triton's max_queue_size).
+  int max_queue_size = 1024;
+  /// Priorities run 0 (lowest) to priority_levels − 1 (highest).
+  int priority_levels = 10;
+  /// Aging: after this wait a request outranks every newly submitted one, whatever their
+  /// priorities (one priority level per aging_bound_s / (priority_levels − 1) of waiting).
+  double aging_bound_s = 300.0;
+  /// Deadline given to requests that set none, in seconds after submission; 0: none.
+  double default_timeout_s = 0.0;
+  /// How long a batch may wait for more requests after its head was submitted (Triton's
+  /// max_queue_delay_microseconds).
+  double max_queue_delay_ms = 100.0;
+  /// Throughput samples the dynamic batcher averages over (the guide's last 5).
+  int throughput_window = 5;
+  /// A throughput sample this fraction below the average counts as a fall.
+  double throughput_tolerance = 0.05;
+  /// Batches one device runs at the same time (its worker count).
+  int batches_per_device = 1;
+  /// Placement score = utilization_weight × utilization + memory_pressure_weight × (1 − free ÷
+  /// budget), the guide's MultiGPUProcessor formula with weights 1 and 1.
+  double utilization_weight = 1.0;
+  double memory_pressure_weight = 1.0;
+
+  template <class Self, class V>
+  static void fields(Self& s, V& v) {
+    v.field("queue_policy", s.queue_policy);
+    v.field("batch_policy", s.batch_policy);
+    v.field("max_queue_size", s.max_queue_size, Range{1, 10'000'000});
+    v.field("priority_levels", s.priority_levels, Range{1, 1000});
+    v.field("aging_bound_s", s.aging_bound_s, Range{0.001, 1e6});
+    v.field("default_timeout_s", s.default_timeout_s, Range{0, 1e6});
+    v.field("max_queue_delay_ms", s.max_queue_delay_ms, Range{0, 60'000});
+    v.field("throughput_window", s.throughput_window, Range{1, 1000});
+    v.field("throughput_tolerance", s.throughput_tolerance, kUnitInterval);
+    v.field("batches_per_device", s.batches_per_device, Range{1, 64});
+    v.field("utilization_weight", s.utilization_weight, Range{0, 100});
+    v.field("memory_pressure_weight", s.memory_pressure_weight, Range{0, 100});
+  }
+  friend bool operator==(const Scheduling&, const Scheduling&) = default;
+};
+
 /// @brief The whole configuration. The profile's identity and targets sit at the top level,
 /// as the guide writes them.
 struct Config {
@@ -467,6 +536,7 @@ struct Config {
   WanOptimization wan;
   NewBieOptimization newbie;
   QwenOptimization qwen;
+  Scheduling scheduling;
 
   template <class Self, class V>
   static void fields(Self& s, V& v) {
@@ -483,6 +553,7 @@ struct Config {
     v.block("wan_optimization", s.wan);
     v.block("newbie_optimization", s.newbie);
     v.block("qwen_optimization", s.qwen);
+    v.block("scheduling", s.scheduling);
   }
   friend bool operator==(const Config&, const Config&) = default;
 };
