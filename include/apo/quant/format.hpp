@@ -6,6 +6,7 @@
 
 #include <cstdint>
 #include <optional>
+#include <string>
 #include <string_view>
 
 #include "apo/core/config.hpp"
@@ -84,6 +85,13 @@ constexpr std::string_view to_string(Scaling scaling) noexcept {
       return "per_row";
   }
   return "unknown";
+}
+
+/// @brief "fp8_e4m3 per_row"; just the format's name for unscaled formats.
+inline std::string to_string(QuantSpec spec) {
+  std::string text(to_string(spec.format));
+  if (spec.scaling != Scaling::none) text.append(" ").append(to_string(spec.scaling));
+  return text;
 }
 
 /// @brief Parses a format name; "fp8" means fp8_e4m3, the weight format. Empty if unknown.
