@@ -221,17 +221,17 @@ APO_AVX2 inline __m256 decode8(const std::uint8_t* p) {
     // E5M2 is the high byte of an IEEE half: F16C converts it exactly, infinities and NaN too.
     return _mm256_cvtph_ps(_mm_unpacklo_epi8(_mm_setzero_si128(), bytes));
   } else {
-    const __m256i c = _mm256_cvtepu8_epi32(bytes);
-    const __m256i m = _mm256_and_si256(c, _mm256_set1_epi32(0x7F));
-    const __m256 normal =
-        _mm256_castsi256_ps(_mm256_add_epi32(_mm256_slli_epi32(m, 20), _mm256_set1_epi32(120 << 23)));
-    const __m256 subnormal = _mm256_mul_ps(_mm256_cvtepi32_ps(m), _mm256_set1_ps(0x1p-9f));
-    __m256 v = _mm256_blendv_ps(normal, subnormal,
-                                _mm256_castsi256_ps(_mm256_cmpgt_epi32(_mm256_set1_epi32(8), m)));
-    v = _mm256_blendv_ps(v, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()),
-                         _mm256_castsi256_ps(_mm256_cmpeq_epi32(m, _mm256_set1_epi32(0x7F))));
-    const __m256i sign = _mm256_slli_epi32(_mm256_and_si256(c, _mm256_set1_epi32(0x80)), 24);
-    return _mm256_or_ps(v, _mm256_castsi256_ps(sign));
+    // E4M3's exponent and mantissa, shifted into an IEEE half's fields, read as a half 2^8 too
+    // small (bias 15 instead of 7), subnormals included; F16C converts, a power of two rescales.
+    // Only the NaN codes S.1111.111 need a blend.
+    const __m128i c = _mm_cvtepu8_epi16(bytes);
+    const __m128i magnitude = _mm_and_si128(c, _mm_set1_epi16(0x7F));
+    const __m128i sign = _mm_slli_epi16(_mm_and_si128(c, _mm_set1_epi16(0x80)), 8);
+    const __m128i half = _mm_or_si128(_mm_slli_epi16(magnitude, 7), sign);
+    const __m256 value = _mm256_mul_ps(_mm256_cvtph_ps(half), _mm256_set1_ps(256.0f));
+    const __m256 nan = _mm256_castsi256_ps(
+        _mm256_cvtepi16_epi32(_mm_cmpeq_epi16(magnitude, _mm_set1_epi16(0x7F))));
+    return _mm256_blendv_ps(value, _mm256_set1_ps(std::numeric_limits<float>::quiet_NaN()), nan);
   }
 }
 

@@ -11,6 +11,8 @@
 #include <algorithm>
 #include <atomic>
 #include <cstdint>
+#include <mutex>
+#include <unordered_map>
 
 namespace apo::quant::test {
 
@@ -41,15 +43,22 @@ class CpuAllocationCounter final : public c10::Allocator {
   c10::DataPtr allocate(std::size_t bytes) override {
     c10::DataPtr inner = inner_->allocate(bytes);
     void* data = inner.get();
+    if (data == nullptr) return inner;
     const c10::Device device = inner.device();
     const auto counted = static_cast<std::int64_t>(bytes);
-    auto* context = new Allocation{std::move(inner), counted, this};
+    {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      live_.emplace(data, Allocation{std::move(inner), counted});
+    }
     const std::int64_t now = current_.fetch_add(counted) + counted;
     std::int64_t seen = peak_.load();
     while (now > seen && !peak_.compare_exchange_weak(seen, now)) {
     }
-    return {data, context, &Allocation::release, device};
+    // The context is the data pointer itself, as c10::Allocator::raw_allocate requires.
+    return {data, data, &release, device};
   }
+
+  c10::DeleterFnPtr raw_deleter() const override { return &release; }
 
   void copy_data(void* dest, const void* src, std::size_t count) const override {
     default_copy_data(dest, src, count);
@@ -61,13 +70,20 @@ class CpuAllocationCounter final : public c10::Allocator {
   struct Allocation {
     c10::DataPtr inner;
     std::int64_t bytes;
-    CpuAllocationCounter* owner;
-    static void release(void* context) {
-      auto* a = static_cast<Allocation*>(context);
-      a->owner->current_.fetch_sub(a->bytes);
-      delete a;
-    }
   };
+
+  static void release(void* data) {
+    CpuAllocationCounter& counter = instance();
+    c10::DataPtr inner;  // freed after the lock is released
+    {
+      const std::lock_guard<std::mutex> lock(counter.mutex_);
+      auto it = counter.live_.find(data);
+      if (it == counter.live_.end()) return;
+      counter.current_.fetch_sub(it->second.bytes);
+      inner = std::move(it->second.inner);
+      counter.live_.erase(it);
+    }
+  }
 
   static CpuAllocationCounter& instance() {
     static CpuAllocationCounter* counter = new CpuAllocationCounter();  // outlives all tensors
@@ -75,6 +91,8 @@ class CpuAllocationCounter final : public c10::Allocator {
   }
 
   c10::Allocator* inner_ = nullptr;
+  std::mutex mutex_;
+  std::unordered_map<void*, Allocation> live_;
   std::atomic<std::int64_t> current_{0};
   std::atomic<std::int64_t> peak_{0};
 };

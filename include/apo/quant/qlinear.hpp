@@ -23,7 +23,7 @@ enum class QLinearPath {
 
 /// @brief Tuning for qlinear.
 struct QLinearOptions {
-  /// Bytes of the decode buffer; 0 picks 1/16 of the dequantized weight, at most 8 MiB (a
+  /// Bytes of the decode buffer; 0 picks 1/32 of the dequantized weight, at most 8 MiB (a
   /// dequantized weight of at most 1 MiB is decoded whole).
   std::int64_t tile_bytes = 0;
   /// Lets fp8 weights on CUDA use at::_scaled_mm where the device supports it.
