@@ -42,7 +42,9 @@ double copy_seconds(std::int64_t bytes) {
   });
 }
 
-std::string dtype_name(at::ScalarType dtype) { return dtype == at::kFloat ? "fp32" : "bf16"; }
+std::string dtype_name(at::ScalarType dtype) {
+  return dtype == at::kFloat ? "fp32" : "bf16";
+}
 
 }  // namespace
 
@@ -88,7 +90,8 @@ int main(int argc, char** argv) {
       report.add({"quantize " + name + " (bytes in + out per second vs memcpy)", "bandwidth",
                   moved / fused_s / kGB, "GB/s", copy_gbps, Better::higher});
 
-      const double dq_fused_s = bench::median_seconds([&] { bench::do_not_optimize(qw.dequantize()); });
+      const double dq_fused_s =
+          bench::median_seconds([&] { bench::do_not_optimize(qw.dequantize()); });
       const double dq_chain_s = bench::median_seconds([&] {
         bench::do_not_optimize(q::reference::dequantize(qw.data(), qw.scales(), spec, dtype));
       });
@@ -101,11 +104,12 @@ int main(int argc, char** argv) {
     // qlinear: x [tokens, n] in the weight's dtype against dequantize-then-linear.
     for (q::QuantSpec spec : {q::QuantSpec{QFormat::fp8_e4m3, Scaling::per_row},
                               q::QuantSpec{QFormat::int8, Scaling::per_row}}) {
-      const std::string name = q::to_string(spec) + " " + size + " " + dtype_name(dtype) +
-                               ", x " + std::to_string(tokens) + "x" + std::to_string(n);
+      const std::string name = q::to_string(spec) + " " + size + " " + dtype_name(dtype) + ", x " +
+                               std::to_string(tokens) + "x" + std::to_string(n);
       const q::QTensor qw = q::quantize(w, spec, "w");
       const at::Tensor x = at::randn({tokens, n}).to(dtype);
-      const double qlinear_s = bench::median_seconds([&] { bench::do_not_optimize(q::qlinear(x, qw)); });
+      const double qlinear_s =
+          bench::median_seconds([&] { bench::do_not_optimize(q::qlinear(x, qw)); });
       const double chain_s = bench::median_seconds(
           [&] { bench::do_not_optimize(at::linear(x, qw.dequantize(dtype))); });
       report.add({"qlinear " + name + " (vs dequantize + linear)", "time", qlinear_s * 1e3, "ms",
@@ -128,10 +132,9 @@ int main(int argc, char** argv) {
       report.add({"qlinear " + name + " peak extra memory (vs dequantize + linear)",
                   "peak_extra_memory", static_cast<double>(qlinear_peak), "bytes",
                   static_cast<double>(chain_peak), Better::lower});
-      report.add({"qlinear " + name + " peak extra memory / dequantized weight",
-                  "peak_extra_share", 100.0 * static_cast<double>(qlinear_peak) /
-                                          static_cast<double>(dequantized),
-                  "%", std::nullopt, Better::lower});
+      report.add({"qlinear " + name + " peak extra memory / dequantized weight", "peak_extra_share",
+                  100.0 * static_cast<double>(qlinear_peak) / static_cast<double>(dequantized), "%",
+                  std::nullopt, Better::lower});
     }
   }
   return bench::finish(report, options);

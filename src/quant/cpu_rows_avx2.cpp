@@ -50,7 +50,8 @@ APO_AVX2 inline __m256 load8(const typename ElemTraits<E>::type* p) {
   } else if constexpr (E == Elem::f16) {
     return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   } else {
-    const __m256i wide = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    const __m256i wide =
+        _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
     return _mm256_castsi256_ps(_mm256_slli_epi32(wide, 16));
   }
 }
@@ -128,8 +129,9 @@ APO_AVX2 inline __m256i encode_e4m3_8(__m256 y) {
   const __m256i normal = _mm256_srli_epi32(
       _mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(0x7FFFF - (120 << 23))), odd), 20);
   const __m256 magic = _mm256_set1_ps(0x1p14f);
-  const __m256i subnormal = _mm256_sub_epi32(
-      _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), magic)), _mm256_castps_si256(magic));
+  const __m256i subnormal =
+      _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), magic)),
+                       _mm256_castps_si256(magic));
   const __m256i is_subnormal = _mm256_cmpgt_epi32(_mm256_set1_epi32(121 << 23), a);
   return _mm256_or_si256(_mm256_blendv_epi8(normal, subnormal, is_subnormal), sign);
 }
@@ -142,8 +144,9 @@ APO_AVX2 inline __m256i encode_e5m2_8(__m256 y) {
   const __m256i normal = _mm256_srli_epi32(
       _mm256_add_epi32(_mm256_add_epi32(a, _mm256_set1_epi32(0xFFFFF - (112 << 23))), odd), 21);
   const __m256 magic = _mm256_set1_ps(0x1p7f);
-  const __m256i subnormal = _mm256_sub_epi32(
-      _mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), magic)), _mm256_castps_si256(magic));
+  const __m256i subnormal =
+      _mm256_sub_epi32(_mm256_castps_si256(_mm256_add_ps(_mm256_castsi256_ps(a), magic)),
+                       _mm256_castps_si256(magic));
   const __m256i is_subnormal = _mm256_cmpgt_epi32(_mm256_set1_epi32(113 << 23), a);
   return _mm256_or_si256(_mm256_blendv_epi8(normal, subnormal, is_subnormal), sign);
 }
@@ -179,7 +182,8 @@ APO_AVX2 inline void encode_step(const typename ElemTraits<E>::type* p, __m256 s
   __m256i c[4];
   for (int k = 0; k < 4; ++k) {
     // Division, not a reciprocal multiply: bit-identical to x / scale in the reference chain.
-    const __m256 y = _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(load8<E>(p + 8 * k), scale), lo), hi);
+    const __m256 y =
+        _mm256_min_ps(_mm256_max_ps(_mm256_div_ps(load8<E>(p + 8 * k), scale), lo), hi);
     if constexpr (C == Code::e4m3) {
       c[k] = encode_e4m3_8(y);
     } else if constexpr (C == Code::e5m2) {
@@ -296,7 +300,9 @@ const RowKernels kAvx2 = {
 
 }  // namespace
 
-const RowKernels* avx2_row_kernels() { return &kAvx2; }
+const RowKernels* avx2_row_kernels() {
+  return &kAvx2;
+}
 
 bool cpu_runs_avx2() {
   __builtin_cpu_init();
@@ -309,8 +315,12 @@ bool cpu_runs_avx2() {
 
 namespace apo::quant::detail {
 
-const RowKernels* avx2_row_kernels() { return nullptr; }
-bool cpu_runs_avx2() { return false; }
+const RowKernels* avx2_row_kernels() {
+  return nullptr;
+}
+bool cpu_runs_avx2() {
+  return false;
+}
 
 }  // namespace apo::quant::detail
 

@@ -170,6 +170,8 @@ const RowKernels kPortable = {
 
 }  // namespace
 
-const RowKernels& portable_row_kernels() { return kPortable; }
+const RowKernels& portable_row_kernels() {
+  return kPortable;
+}
 
 }  // namespace apo::quant::detail

@@ -20,13 +20,19 @@ namespace {
 constexpr int kThreads = 256;
 constexpr std::int64_t kMaxBlocks = 65535;
 
-__device__ __forceinline__ float load(const float* p, std::int64_t i) { return p[i]; }
-__device__ __forceinline__ float load(const __half* p, std::int64_t i) { return __half2float(p[i]); }
+__device__ __forceinline__ float load(const float* p, std::int64_t i) {
+  return p[i];
+}
+__device__ __forceinline__ float load(const __half* p, std::int64_t i) {
+  return __half2float(p[i]);
+}
 __device__ __forceinline__ float load(const __nv_bfloat16* p, std::int64_t i) {
   return __bfloat162float(p[i]);
 }
 
-__device__ __forceinline__ void store(float* p, std::int64_t i, float v) { p[i] = v; }
+__device__ __forceinline__ void store(float* p, std::int64_t i, float v) {
+  p[i] = v;
+}
 __device__ __forceinline__ void store(__half* p, std::int64_t i, float v) {
   p[i] = __float2half_rn(v);
 }
@@ -201,8 +207,8 @@ const char* encode(const void* x, Elem elem, std::int64_t n, std::int64_t row_le
 }
 
 const char* decode(const void* codes, Code code, std::int64_t n, std::int64_t row_length,
-                   std::int64_t first_row, const float* scales, bool per_row, void* out,
-                   Elem elem, void* stream) {
+                   std::int64_t first_row, const float* scales, bool per_row, void* out, Elem elem,
+                   void* stream) {
   auto s = static_cast<cudaStream_t>(stream);
   switch (elem) {
     case Elem::f32:

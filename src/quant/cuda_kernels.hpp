@@ -24,8 +24,8 @@ const char* encode(const void* x, Elem elem, std::int64_t n, std::int64_t row_le
 
 /// out[i] = cast(decode(codes[i]) * scales[per_row ? (first_row + i / row_length) : 0]).
 const char* decode(const void* codes, Code code, std::int64_t n, std::int64_t row_length,
-                   std::int64_t first_row, const float* scales, bool per_row, void* out,
-                   Elem elem, void* stream);
+                   std::int64_t first_row, const float* scales, bool per_row, void* out, Elem elem,
+                   void* stream);
 
 /// The device's compute capability as major * 10 + minor, or -1 on error.
 int compute_capability(int device);

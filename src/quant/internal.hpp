@@ -49,10 +49,10 @@ void check_quantizable(const at::Tensor& x, QuantSpec spec, std::string_view nam
 
 /// How far a QTensor's dequantized values are from the tensor it came from.
 struct ErrorStats {
-  double snr_db = 0;             ///< +infinity when exact
+  double snr_db = 0;  ///< +infinity when exact
   double cosine_similarity = 1;
   double max_abs_error = 0;
-  double amax = 0;               ///< max |x|
+  double amax = 0;  ///< max |x|
 };
 
 /// Dequantizes `q` once (float32) and compares it with `x`, accumulating in float64.

@@ -77,8 +77,7 @@ void check_quantizable(const at::Tensor& x, QuantSpec spec, std::string_view nam
 #endif
   } else if (!x.is_cpu()) {
     fail_tensor(ErrorCode::Unsupported, name,
-                "tensor is on {}; apo quantizes on the CPU and on CUDA devices",
-                x.device().str());
+                "tensor is on {}; apo quantizes on the CPU and on CUDA devices", x.device().str());
   }
   const bool scaled = traits(spec.format).scaled;
   if (scaled && spec.scaling == Scaling::none) {
@@ -135,7 +134,9 @@ const RowKernels& row_kernels(CpuKernel kernel) {
   return detail::portable_row_kernels();
 }
 
-std::size_t elem_bytes(Elem e) { return e == Elem::f32 ? 4 : 2; }
+std::size_t elem_bytes(Elem e) {
+  return e == Elem::f32 ? 4 : 2;
+}
 
 // Calls f(row, first, count) for runs of elements in [begin, end) that stay within one row,
 // in blocks spread over ATen's threads.
@@ -154,7 +155,9 @@ void parallel_runs(std::int64_t begin, std::int64_t end, std::int64_t row_length
   });
 }
 
-bool finite(float amax) { return amax <= FLT_MAX; }
+bool finite(float amax) {
+  return amax <= FLT_MAX;
+}
 
 float scale_of(float amax, float max_value) {
   return std::clamp(amax, kAmaxFloor, kAmaxCeiling) / max_value;
@@ -194,8 +197,8 @@ bool cpu_scales(const at::Tensor& x, QuantSpec spec, std::int64_t rows, const Ro
   at::parallel_for(0, rows, std::max<std::int64_t>(1, kGrainElements / length),
                    [&](std::int64_t r0, std::int64_t r1) {
                      for (std::int64_t r = r0; r < r1; ++r) {
-                       const float amax = k.amax[static_cast<int>(e)](
-                           in + r * length * elem_bytes(e), length);
+                       const float amax =
+                           k.amax[static_cast<int>(e)](in + r * length * elem_bytes(e), length);
                        if (!finite(amax)) all_finite.store(false, std::memory_order_relaxed);
                        scales[r] = scale_of(amax, max_value);
                      }
@@ -251,8 +254,8 @@ void cpu_decode(const QTensor& q, std::int64_t row_begin, std::int64_t row_end, 
   const Code c = detail::code_of(q.format());
   const auto decode = k.decode[static_cast<int>(c)][static_cast<int>(e)];
   const std::int64_t length = q.row_length();
-  const auto* codes = static_cast<const std::uint8_t*>(q.data().const_data_ptr()) +
-                      row_begin * length;
+  const auto* codes =
+      static_cast<const std::uint8_t*>(q.data().const_data_ptr()) + row_begin * length;
   auto* result = static_cast<std::byte*>(out.mutable_data_ptr());
   const float* s = q.scales().const_data_ptr<float>();
   const bool per_row = q.scaling() == Scaling::per_row;
@@ -301,7 +304,8 @@ at::Tensor cuda_amax(const at::Tensor& x, bool per_row, std::string_view name) {
 // Scales from amax on the device. The divisor is a device tensor, not a scalar: ATen's CUDA
 // division by a CPU scalar multiplies by its reciprocal, which is not bit-identical.
 at::Tensor scales_from_amax(const at::Tensor& amax, QFormat format) {
-  return at::div(amax.clamp(kAmaxFloor, kAmaxCeiling), at::full({1}, traits(format).max_value, amax.options()));
+  return at::div(amax.clamp(kAmaxFloor, kAmaxCeiling),
+                 at::full({1}, traits(format).max_value, amax.options()));
 }
 
 // Codes and scales on the device; checks for NaN/inf (one synchronization) when `checked`.
@@ -312,7 +316,8 @@ std::pair<at::Tensor, at::Tensor> cuda_quantize(const at::Tensor& x, QuantSpec s
   const at::Tensor amax = cuda_amax(x, per_row, name);
   if (checked && !finite(amax.max().item<float>())) fail_nonfinite(x, name);
   const at::Tensor scales = scales_from_amax(amax, spec.format);
-  at::Tensor codes = at::empty(x.sizes(), x.options().dtype(storage_dtype(spec.format, x.scalar_type())));
+  at::Tensor codes =
+      at::empty(x.sizes(), x.options().dtype(storage_dtype(spec.format, x.scalar_type())));
   const std::int64_t rows = scaling_rows(x.sizes());
   check_cuda(cuda::encode(x.const_data_ptr(), detail::elem_of(x.scalar_type(), name), x.numel(),
                           x.numel() / rows, scales.const_data_ptr<float>(), per_row,
@@ -325,14 +330,14 @@ std::pair<at::Tensor, at::Tensor> cuda_quantize(const at::Tensor& x, QuantSpec s
 void cuda_decode(const QTensor& q, std::int64_t row_begin, std::int64_t row_end, at::Tensor& out) {
   const c10::DeviceGuard guard(q.device());
   const std::int64_t length = q.row_length();
-  const auto* codes = static_cast<const std::uint8_t*>(q.data().const_data_ptr()) +
-                      row_begin * length;
-  check_cuda(cuda::decode(codes, detail::code_of(q.format()), (row_end - row_begin) * length,
-                          length, row_begin, q.scales().const_data_ptr<float>(),
-                          q.scaling() == Scaling::per_row, out.mutable_data_ptr(),
-                          detail::elem_of(out.scalar_type(), q.name()),
-                          detail::current_cuda_stream(q.device())),
-             "decode", q.name());
+  const auto* codes =
+      static_cast<const std::uint8_t*>(q.data().const_data_ptr()) + row_begin * length;
+  check_cuda(
+      cuda::decode(codes, detail::code_of(q.format()), (row_end - row_begin) * length, length,
+                   row_begin, q.scales().const_data_ptr<float>(), q.scaling() == Scaling::per_row,
+                   out.mutable_data_ptr(), detail::elem_of(out.scalar_type(), q.name()),
+                   detail::current_cuda_stream(q.device())),
+      "decode", q.name());
 }
 #endif
 
@@ -348,16 +353,21 @@ float tensor_amax(const at::Tensor& x, CpuKernel kernel, std::string_view name) 
   return cpu_amax(x, row_kernels(kernel));
 }
 
-void check_out_dtype(at::ScalarType dtype, std::string_view name) { detail::elem_of(dtype, name); }
+void check_out_dtype(at::ScalarType dtype, std::string_view name) {
+  detail::elem_of(dtype, name);
+}
 
 }  // namespace
 
-bool cpu_kernel_available(CpuKernel kernel) { return kernel != CpuKernel::avx2 || avx2_runs(); }
+bool cpu_kernel_available(CpuKernel kernel) {
+  return kernel != CpuKernel::avx2 || avx2_runs();
+}
 
-std::string_view best_cpu_kernel_name() { return row_kernels(CpuKernel::best).name; }
+std::string_view best_cpu_kernel_name() {
+  return row_kernels(CpuKernel::best).name;
+}
 
-QTensor quantize(const at::Tensor& input, QuantSpec spec, std::string_view name,
-                 CpuKernel kernel) {
+QTensor quantize(const at::Tensor& input, QuantSpec spec, std::string_view name, CpuKernel kernel) {
   detail::check_quantizable(input, spec, name);
   const at::Tensor x = input.contiguous();
   const FormatTraits t = traits(spec.format);
@@ -371,12 +381,10 @@ QTensor quantize(const at::Tensor& input, QuantSpec spec, std::string_view name,
                   amax);
     }
     // float32 values beyond bfloat16's largest finite value would round to infinity: saturate.
-    const at::Tensor source = spec.format == QFormat::bf16 && amax > t.max_value
-                                  ? x.clamp(-t.max_value, t.max_value)
-                                  : x;
-    const at::Tensor data = spec.format == QFormat::none
-                                ? x
-                                : source.to(storage_dtype(spec.format, x.scalar_type()));
+    const at::Tensor source =
+        spec.format == QFormat::bf16 && amax > t.max_value ? x.clamp(-t.max_value, t.max_value) : x;
+    const at::Tensor data =
+        spec.format == QFormat::none ? x : source.to(storage_dtype(spec.format, x.scalar_type()));
     return QTensor::from_parts(std::string(name), data, {}, spec.format, Scaling::none,
                                x.scalar_type());
   }
@@ -388,7 +396,8 @@ QTensor quantize(const at::Tensor& input, QuantSpec spec, std::string_view name,
   }
 #endif
   const std::int64_t rows = scaling_rows(x.sizes());
-  at::Tensor codes = at::empty(x.sizes(), x.options().dtype(storage_dtype(spec.format, x.scalar_type())));
+  at::Tensor codes =
+      at::empty(x.sizes(), x.options().dtype(storage_dtype(spec.format, x.scalar_type())));
   at::Tensor scales =
       at::empty({spec.scaling == Scaling::per_row ? rows : 1}, x.options().dtype(at::kFloat));
   if (!cpu_quantize(x, spec, row_kernels(kernel), codes, scales)) fail_nonfinite(x, name);

@@ -33,9 +33,8 @@ NamedTensors reference_weights() {
   constexpr double kStd = 0.02;  // typical init scale of transformer weights
   auto gen = at::make_generator<at::CPUGeneratorImpl>(20240607);
   NamedTensors tensors;
-  tensors.emplace_back("gaussian_row_scaled",
-                       at::randn({kRows, kCols}, gen) * at::exp(at::randn({kRows, 1}, gen) * 0.5) *
-                           kStd);
+  tensors.emplace_back("gaussian_row_scaled", at::randn({kRows, kCols}, gen) *
+                                                  at::exp(at::randn({kRows, 1}, gen) * 0.5) * kStd);
   // Student t with 4 degrees of freedom: z / sqrt(chi2_4 / 4).
   const at::Tensor chi2 = at::randn({4, kRows, kCols}, gen).square().sum(0);
   tensors.emplace_back("heavy_tailed", at::randn({kRows, kCols}, gen) / (chi2 / 4).sqrt() * kStd);
@@ -47,25 +46,26 @@ NamedTensors reference_weights() {
 
 QualityTable measure_quality(const NamedTensors& tensors, const std::vector<QuantSpec>& specs,
                              std::string measured_on) {
-  if (tensors.empty()) fail(ErrorCode::InvalidArgument, "measure_quality needs at least one tensor");
+  if (tensors.empty())
+    fail(ErrorCode::InvalidArgument, "measure_quality needs at least one tensor");
   QualityTable table;
   table.measured_on = std::move(measured_on);
   for (QuantSpec spec : specs) {
     FormatQuality quality;
     quality.spec = spec;
+    quality.snr_db = std::numeric_limits<double>::infinity();
     double snr_sum = 0;
-    double cosine_sum = 0;
     for (const auto& [name, tensor] : tensors) {
       const detail::ErrorStats stats = detail::error_stats(tensor, quantize(tensor, spec, name));
+      quality.snr_db = std::min(quality.snr_db, stats.snr_db);
+      quality.cosine_similarity = std::min(quality.cosine_similarity, stats.cosine_similarity);
       snr_sum += stats.snr_db;
-      cosine_sum += stats.cosine_similarity;
       if (stats.amax > 0) {
-        quality.max_relative_error = std::max(quality.max_relative_error, stats.max_abs_error / stats.amax);
+        quality.max_relative_error =
+            std::max(quality.max_relative_error, stats.max_abs_error / stats.amax);
       }
     }
-    const auto count = static_cast<double>(tensors.size());
-    quality.snr_db = snr_sum / count;
-    quality.cosine_similarity = cosine_sum / count;
+    quality.mean_snr_db = snr_sum / static_cast<double>(tensors.size());
     table.formats.push_back(quality);
   }
   return table;
@@ -130,7 +130,8 @@ PrecisionChoice choose_precision(const PrecisionRequest& request, const QualityT
   for (QuantSpec spec : candidate_specs()) {
     const std::int64_t per_element = element_bytes(spec.format, model.source_dtype);
     // A cast to a format no smaller than the source saves nothing over keeping it.
-    if (spec.format != QFormat::none && !traits(spec.format).scaled && per_element >= source_bytes) {
+    if (spec.format != QFormat::none && !traits(spec.format).scaled &&
+        per_element >= source_bytes) {
       continue;
     }
     CandidateFormat c;
@@ -167,24 +168,27 @@ PrecisionChoice choose_precision(const PrecisionRequest& request, const QualityT
     choice.reason = fmt::format("{}: {} of weights fit within {}", to_string(chosen->spec),
                                 format_bytes(chosen->weight_bytes), budget_text);
     if (!too_big.empty()) {
-      choice.reason += fmt::format("; higher-quality formats do not fit ({})", fmt::join(too_big, ", "));
+      choice.reason +=
+          fmt::format("; higher-quality formats do not fit ({})", fmt::join(too_big, ", "));
     }
   } else {
     for (const CandidateFormat& c : choice.candidates) {
       if (c.allowed && (chosen == nullptr || c.weight_bytes < chosen->weight_bytes)) chosen = &c;
     }
     choice.fits = false;
-    choice.reason = fmt::format("nothing fits within {}; the smallest format, {}, needs {}",
-                                budget_text, to_string(chosen->spec),
-                                format_bytes(chosen->weight_bytes));
+    choice.reason =
+        fmt::format("nothing fits within {}; the smallest format, {}, needs {}", budget_text,
+                    to_string(chosen->spec), format_bytes(chosen->weight_bytes));
   }
   choice.spec = chosen->spec;
   choice.weight_bytes = chosen->weight_bytes;
   if (chosen->spec.format != QFormat::none) {
-    choice.reason += fmt::format("; measured on {}: SNR {:.1f} dB, cosine similarity {:.6f}",
-                                 quality.measured_on, chosen->snr_db, chosen->cosine_similarity);
+    choice.reason +=
+        fmt::format("; measured on {}: worst SNR {:.1f} dB, lowest cosine similarity {:.6f}",
+                    quality.measured_on, chosen->snr_db, chosen->cosine_similarity);
   }
-  if (!request.allow_8bit) choice.reason += "; 8-bit formats are off (enable_quantization is false)";
+  if (!request.allow_8bit)
+    choice.reason += "; 8-bit formats are off (enable_quantization is false)";
   return choice;
 }
 
@@ -208,9 +212,9 @@ PrecisionChoice choose_precision(const PerformanceOptimization& config, const Mo
   choice.reason = fmt::format("performance_optimization.model_precision is {}: {} of weights",
                               to_string(config.model_precision), format_bytes(choice.weight_bytes));
   if (!choice.fits) {
-    choice.reason += fmt::format(", more than the budget of {:.0f}% of {} ({})",
-                                 request.memory_fraction * 100, format_bytes(available_bytes),
-                                 format_bytes(choice.budget_bytes));
+    choice.reason +=
+        fmt::format(", more than the budget of {:.0f}% of {} ({})", request.memory_fraction * 100,
+                    format_bytes(available_bytes), format_bytes(choice.budget_bytes));
   }
   return choice;
 }

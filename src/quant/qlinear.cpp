@@ -75,7 +75,8 @@ std::string scaled_mm_obstacle(const at::Tensor& x, const QTensor& w, bool& roww
   const std::int64_t out_features = w.shape()[0];
   const std::int64_t in_features = w.shape()[1];
   rowwise = w.scaling() == Scaling::per_row;
-  if (capability < 89) return fmt::format("the device has sm {} (fp8 GEMMs need sm >= 8.9)", capability);
+  if (capability < 89)
+    return fmt::format("the device has sm {} (fp8 GEMMs need sm >= 8.9)", capability);
   if (in_features % 16 != 0 || out_features % 16 != 0) {
     return fmt::format("in ({}) and out ({}) are not both multiples of 16", in_features,
                        out_features);
@@ -97,8 +98,8 @@ std::int64_t tile_rows_for(const at::Tensor& x, const QTensor& w, const QLinearO
   if (budget <= 0) {
     budget = whole <= kDecodeWholeBytes ? whole : std::min(kMaxTileBytes, whole / kTileFraction);
   }
-  std::int64_t rows = std::clamp<std::int64_t>(budget / std::max<std::int64_t>(row_bytes, 1), 1,
-                                               out_features);
+  std::int64_t rows =
+      std::clamp<std::int64_t>(budget / std::max<std::int64_t>(row_bytes, 1), 1, out_features);
   if (rows > 16 && rows < out_features) rows -= rows % 16;  // whole GEMM blocks
   return rows;
 }
@@ -126,9 +127,10 @@ QLinearPlan plan_qlinear(const at::Tensor& x, const QTensor& w, const QLinearOpt
         const std::int64_t m = x.numel() / x.size(-1);
         plan.path = QLinearPath::cuda_scaled_mm;
         plan.workspace_bytes = x.numel() + 4 * (rowwise ? m : 1);
-        plan.reason = fmt::format("fp8 weight on a device with fp8 GEMMs: x quantized to E4M3 ({}), "
-                                  "at::_scaled_mm",
-                                  rowwise ? "row-wise scales" : "one scale");
+        plan.reason = fmt::format(
+            "fp8 weight on a device with fp8 GEMMs: x quantized to E4M3 ({}), "
+            "at::_scaled_mm",
+            rowwise ? "row-wise scales" : "one scale");
         return plan;
       }
       why_not_scaled_mm = "; not _scaled_mm: " + obstacle;
@@ -137,12 +139,12 @@ QLinearPlan plan_qlinear(const at::Tensor& x, const QTensor& w, const QLinearOpt
 #endif
   plan.path = QLinearPath::tiled;
   plan.tile_rows = tile_rows_for(x, w, options);
-  plan.workspace_bytes = plan.tile_rows * w.shape()[1] * static_cast<std::int64_t>(x.element_size());
-  plan.reason = fmt::format("{} weight decoded {} rows at a time into a {} buffer ({} tiles){}",
-                            to_string(w.format()), plan.tile_rows,
-                            format_bytes(plan.workspace_bytes),
-                            (w.shape()[0] + plan.tile_rows - 1) / plan.tile_rows,
-                            why_not_scaled_mm);
+  plan.workspace_bytes =
+      plan.tile_rows * w.shape()[1] * static_cast<std::int64_t>(x.element_size());
+  plan.reason =
+      fmt::format("{} weight decoded {} rows at a time into a {} buffer ({} tiles){}",
+                  to_string(w.format()), plan.tile_rows, format_bytes(plan.workspace_bytes),
+                  (w.shape()[0] + plan.tile_rows - 1) / plan.tile_rows, why_not_scaled_mm);
   return plan;
 }
 

@@ -9,7 +9,9 @@
 
 namespace apo::quant {
 
-std::int64_t scaling_rows(at::IntArrayRef shape) { return shape.size() >= 2 ? shape[0] : 1; }
+std::int64_t scaling_rows(at::IntArrayRef shape) {
+  return shape.size() >= 2 ? shape[0] : 1;
+}
 
 at::ScalarType storage_dtype(QFormat format, at::ScalarType source) {
   switch (format) {
@@ -83,10 +85,9 @@ QTensor QTensor::from_parts(std::string name, at::Tensor data, at::Tensor scales
     }
     // Per tensor accepts [] and [1]; per row accepts [rows] and the [rows, 1] of _scaled_mm.
     const bool shape_ok = scales.numel() == expected_scales &&
-                          (scaling == Scaling::per_tensor ? scales.dim() <= 1
-                                                          : scales.dim() == 1 ||
-                                                                (scales.dim() == 2 &&
-                                                                 scales.size(1) == 1));
+                          (scaling == Scaling::per_tensor
+                               ? scales.dim() <= 1
+                               : scales.dim() == 1 || (scales.dim() == 2 && scales.size(1) == 1));
     if (!shape_ok) {
       fail_tensor(ErrorCode::InvalidArgument, name,
                   "scales have shape {}; {} scaling of a {} tensor needs [{}]",

@@ -29,8 +29,8 @@ ErrorStats error_stats(const at::Tensor& x, const QTensor& q) {
   const double restored_energy = at::sum(restored * restored, at::kDouble).item<double>();
   const double dot = at::sum(xf * restored, at::kDouble).item<double>();
   ErrorStats stats;
-  stats.snr_db = noise == 0 ? std::numeric_limits<double>::infinity()
-                            : 10.0 * std::log10(signal / noise);
+  stats.snr_db =
+      noise == 0 ? std::numeric_limits<double>::infinity() : 10.0 * std::log10(signal / noise);
   if (signal == 0 && restored_energy == 0) {
     stats.cosine_similarity = 1;
   } else if (signal == 0 || restored_energy == 0) {
@@ -93,7 +93,8 @@ std::string TensorSelection::keep_reason(const std::string& name, const at::Tens
   }
   if (first_match(quantize_patterns_, name) == nullptr) return "matches no quantize pattern";
   if (t.dim() < 2) {
-    return fmt::format("{}-d: only weights of linear and convolution layers are quantized", t.dim());
+    return fmt::format("{}-d: only weights of linear and convolution layers are quantized",
+                       t.dim());
   }
   if (t.numel() < min_elements_) {
     return fmt::format("{} elements, fewer than min_elements = {}", t.numel(), min_elements_);
@@ -160,17 +161,18 @@ QuantizedStateDict quantize_state_dict(const NamedTensors& state_dict,
 }
 
 std::string QuantizationReport::to_table() const {
-  std::string out = fmt::format("{:<48} {:<20} {:>12} {:>12} {:>9} {:>10} {:>11}  {}\n", "tensor",
-                                "format", "before", "after", "SNR dB", "cosine", "max |err|",
-                                "note");
+  std::string out =
+      fmt::format("{:<48} {:<20} {:>12} {:>12} {:>9} {:>10} {:>11}  {}\n", "tensor", "format",
+                  "before", "after", "SNR dB", "cosine", "max |err|", "note");
   for (const TensorReport& t : tensors) {
     out += fmt::format("{:<48} {:<20} {:>12} {:>12} {:>9.2f} {:>10.6f} {:>11.3g}  {}\n", t.name,
                        to_string(t.spec), format_bytes(t.bytes_before), format_bytes(t.bytes_after),
                        t.snr_db, t.cosine_similarity, t.max_abs_error, t.reason);
   }
-  const double saved = bytes_before > 0 ? 100.0 * (1.0 - static_cast<double>(bytes_after) /
-                                                             static_cast<double>(bytes_before))
-                                        : 0.0;
+  const double saved =
+      bytes_before > 0
+          ? 100.0 * (1.0 - static_cast<double>(bytes_after) / static_cast<double>(bytes_before))
+          : 0.0;
   out += fmt::format(
       "total: {} quantized, {} kept; {} -> {} ({:.1f}% less); SNR min {:.2f} dB, mean {:.2f} dB; "
       "cosine min {:.6f}; max |err| {:.3g}\n",

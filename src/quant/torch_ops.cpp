@@ -20,9 +20,10 @@ namespace {
 QFormat format_from(c10::string_view name, std::string_view tensor) {
   const auto format = parse_format(name);
   if (!format) {
-    detail::fail_tensor(ErrorCode::InvalidArgument, tensor,
-                        "unknown format '{}'; expected none, fp16, bf16, fp8_e4m3, fp8_e5m2 or int8",
-                        std::string(name));
+    detail::fail_tensor(
+        ErrorCode::InvalidArgument, tensor,
+        "unknown format '{}'; expected none, fp16, bf16, fp8_e4m3, fp8_e5m2 or int8",
+        std::string(name));
   }
   return *format;
 }
@@ -34,7 +35,8 @@ QTensor weight_from(const at::Tensor& data, const std::optional<at::Tensor>& sca
   const QFormat format = format_from(format_name, name);
   if (!traits(format).scaled) {
     return QTensor::from_parts(std::move(name), data, scale.value_or(at::Tensor()), format,
-                               Scaling::none, format == QFormat::none ? data.scalar_type() : original);
+                               Scaling::none,
+                               format == QFormat::none ? data.scalar_type() : original);
   }
   const bool single = scale && scale->defined() && scale->numel() == 1;
   return QTensor::from_parts(std::move(name), data, scale.value_or(at::Tensor()), format,
@@ -56,7 +58,8 @@ QuantSpec spec_from(c10::string_view format_name, std::optional<c10::string_view
 std::tuple<at::Tensor, at::Tensor> quantize_op(const at::Tensor& x, c10::string_view format,
                                                std::optional<c10::string_view> scaling) {
   const QTensor q = quantize(x, spec_from(format, scaling), "x");
-  return {q.data(), q.scales().defined() ? q.scales() : at::empty({0}, x.options().dtype(at::kFloat))};
+  return {q.data(),
+          q.scales().defined() ? q.scales() : at::empty({0}, x.options().dtype(at::kFloat))};
 }
 
 at::Tensor dequantize_op(const at::Tensor& data, const std::optional<at::Tensor>& scale,

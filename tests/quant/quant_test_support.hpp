@@ -72,7 +72,8 @@ inline BitDiff bit_diff(const at::Tensor& actual, const at::Tensor& expected,
     out << "; max |difference| " << diff.max_abs_difference << "; first at " << diff.first_index
         << ": " << va[diff.first_index].item<double>() << " vs "
         << vb[diff.first_index].item<double>();
-    if (input.defined()) out << " (input " << input.flatten()[diff.first_index].item<double>() << ")";
+    if (input.defined())
+      out << " (input " << input.flatten()[diff.first_index].item<double>() << ")";
   }
   diff.text = out.str();
   return diff;

@@ -63,7 +63,8 @@ void check_error_bound(const at::Tensor& x, const at::Tensor& restored, const q:
 
 TEMPLATE_TEST_CASE("Quantizer conformance", "[quant][conformance]", q::NoQuant, q::Fp16, q::Bf16,
                    q::Fp8E4M3, q::Fp8E5M2, q::Int8) {
-  const std::vector<std::vector<std::int64_t>> shapes{{64, 96}, {8, 3, 3, 5}, {1000}, {1, 1}, {33, 129}};
+  const std::vector<std::vector<std::int64_t>> shapes{
+      {64, 96}, {8, 3, 3, 5}, {1000}, {1, 1}, {33, 129}};
   for (const TestType& quantizer : instances<TestType>()) {
     const q::QuantSpec spec = quantizer.spec();
     REQUIRE(spec.format == TestType::format);
@@ -155,11 +156,13 @@ TEMPLATE_TEST_CASE("Quantizer conformance", "[quant][conformance]", q::NoQuant, 
       expect_error(at::ones({4, 4}, at::kDouble), apo::ErrorCode::Unsupported, "Double");
       at::Tensor with_nan = at::randn({4, 8});
       with_nan[2][5] = std::numeric_limits<float>::quiet_NaN();
-      expect_error(with_nan, apo::ErrorCode::InvalidArgument, "NaN or infinite value (first: nan at [2, 5])");
+      expect_error(with_nan, apo::ErrorCode::InvalidArgument,
+                   "NaN or infinite value (first: nan at [2, 5])");
       at::Tensor with_inf = at::randn({4, 8}).to(at::kHalf);
       with_inf[3][0] = -std::numeric_limits<float>::infinity();
       with_inf[3][7] = std::numeric_limits<float>::infinity();
-      expect_error(with_inf, apo::ErrorCode::InvalidArgument, "2 NaN or infinite values (first: -inf at [3, 0])");
+      expect_error(with_inf, apo::ErrorCode::InvalidArgument,
+                   "2 NaN or infinite values (first: -inf at [3, 0])");
     }
 
     SECTION("a QTensor of another format is refused by name") {
@@ -187,7 +190,8 @@ TEMPLATE_TEST_CASE("Quantizer conformance", "[quant][conformance]", q::NoQuant, 
         threads.emplace_back([&, i] { results[i] = quantizer.quantize(x, "shared").data(); });
       }
       for (auto& t : threads) t.join();
-      for (const at::Tensor& r : results) CHECK(q::test::bit_diff(r, expected.data()).mismatches == 0);
+      for (const at::Tensor& r : results)
+        CHECK(q::test::bit_diff(r, expected.data()).mismatches == 0);
     }
   }
 }

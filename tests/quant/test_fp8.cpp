@@ -72,8 +72,8 @@ bool same(double a, double b) {
 
 // Codes -> float32 through the vector decoder: a per-tensor QTensor with scale 1.
 at::Tensor kernel_decode(const Fp8Format& f, const at::Tensor& codes, CpuKernel kernel) {
-  const auto qt = q::QTensor::from_parts("codes", codes.view(f.dtype), at::ones({1}),
-                                         f.format, Scaling::per_tensor, at::kFloat);
+  const auto qt = q::QTensor::from_parts("codes", codes.view(f.dtype), at::ones({1}), f.format,
+                                         Scaling::per_tensor, at::kFloat);
   return q::dequantize(qt, at::kFloat, kernel);
 }
 
@@ -104,7 +104,8 @@ TEST_CASE("all 256 codes of each fp8 format decode as the OCP spec says", "[quan
     const at::Tensor codes = at::from_blob(all.data(), {256}, at::kByte).clone();
     const at::Tensor by_torch = codes.view(f.dtype).to(at::kFloat);
     std::vector<at::Tensor> by_kernel;
-    for (CpuKernel kernel : q::test::cpu_kernels()) by_kernel.push_back(kernel_decode(f, codes, kernel));
+    for (CpuKernel kernel : q::test::cpu_kernels())
+      by_kernel.push_back(kernel_decode(f, codes, kernel));
     int nan_codes = 0;
     for (int c = 0; c < 256; ++c) {
       INFO(q::to_string(f.format) << " code 0x" << std::hex << c);
@@ -191,7 +192,8 @@ TEST_CASE("the fused kernels encode random fp32, every boundary and every subnor
     }
     for (std::size_t i = 0; i < representable.size(); ++i) {
       const float v = representable[i];
-      boundaries.insert(boundaries.end(), {v, std::nextafter(v, 0.0f), std::nextafter(v, INFINITY)});
+      boundaries.insert(boundaries.end(),
+                        {v, std::nextafter(v, 0.0f), std::nextafter(v, INFINITY)});
       if (i + 1 < representable.size()) {
         const float mid = (v + representable[i + 1]) / 2;  // exact in fp32
         boundaries.insert(boundaries.end(),
@@ -206,7 +208,8 @@ TEST_CASE("the fused kernels encode random fp32, every boundary and every subnor
     const struct {
       const char* name;
       const std::vector<float>& values;
-    } sets[] = {{"random fp32", random_values}, {"boundaries", boundaries},
+    } sets[] = {{"random fp32", random_values},
+                {"boundaries", boundaries},
                 {"fp32 subnormals", subnormals}};
     for (const auto& set : sets) {
       const at::Tensor raw =

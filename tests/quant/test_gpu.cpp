@@ -77,11 +77,13 @@ TEST_CASE("CUDA encoders match PyTorch on every fp16 and bf16 value", "[quant][g
        {std::tuple{QFormat::fp8_e4m3, at::kFloat8_e4m3fn, 448.0f},
         std::tuple{QFormat::fp8_e5m2, at::kFloat8_e5m2, 57344.0f}}) {
     for (at::ScalarType source : {at::kHalf, at::kBFloat16}) {
-      const at::Tensor values = at::cat({q::test::all_finite_16bit(source).clamp(-max_value, max_value),
-                                         at::tensor({max_value, -max_value}).to(source)});
+      const at::Tensor values =
+          at::cat({q::test::all_finite_16bit(source).clamp(-max_value, max_value),
+                   at::tensor({max_value, -max_value}).to(source)});
       const q::QTensor gpu = q::quantize(values.to(kGpu), {format, Scaling::per_tensor}, "sweep");
       REQUIRE(gpu.scales().cpu().item<float>() == 1.0f);
-      const auto diff = q::test::bit_diff(gpu.data().cpu(), values.to(at::kFloat).to(dtype), values);
+      const auto diff =
+          q::test::bit_diff(gpu.data().cpu(), values.to(at::kFloat).to(dtype), values);
       INFO(q::to_string(format) << " from " << c10::toString(source) << ": " << diff.text);
       CHECK(diff.mismatches == 0);
     }
@@ -93,7 +95,8 @@ TEST_CASE("CUDA quantize reports NaN by tensor name", "[quant][gpu]") {
   at::Tensor x = at::randn({8, 64});
   x[5][9] = std::numeric_limits<float>::quiet_NaN();
   try {
-    (void)q::quantize(x.to(kGpu), {QFormat::fp8_e4m3, Scaling::per_row}, "blocks.1.attn.to_v.weight");
+    (void)q::quantize(x.to(kGpu), {QFormat::fp8_e4m3, Scaling::per_row},
+                      "blocks.1.attn.to_v.weight");
     FAIL("no error");
   } catch (const apo::Error& e) {
     CHECK(e.context() == "blocks.1.attn.to_v.weight");
@@ -119,13 +122,14 @@ TEST_CASE("qlinear on CUDA: _scaled_mm where the device has fp8 GEMMs, tiles oth
       const at::Tensor expected = at::linear(x, qw.dequantize(dtype), bias.to(kGpu).to(dtype));
       const double gap = relative_gap(y, expected);
       INFO(q::to_string(spec) << ", x " << c10::toString(dtype) << ", sm " << capability << ": "
-                              << plan.reason << "; max |qlinear - dequantize+linear| / max |y| = "
-                              << gap);
+                              << plan.reason
+                              << "; max |qlinear - dequantize+linear| / max |y| = " << gap);
       CHECK(y.device() == kGpu);
       CHECK(y.scalar_type() == dtype);
-      const bool fp8_gemm = capability >= 89 && spec.format != QFormat::int8 &&
-                            (spec.scaling == Scaling::per_tensor ||
-                             (capability >= 90 && dtype == at::kBFloat16 && spec.format == QFormat::fp8_e4m3));
+      const bool fp8_gemm =
+          capability >= 89 && spec.format != QFormat::int8 &&
+          (spec.scaling == Scaling::per_tensor ||
+           (capability >= 90 && dtype == at::kBFloat16 && spec.format == QFormat::fp8_e4m3));
       CHECK((plan.path == q::QLinearPath::cuda_scaled_mm) == fp8_gemm);
       // _scaled_mm also quantizes x to E4M3 (about 2^-4 relative error per element); the tiled
       // path only rounds differently.

@@ -20,9 +20,9 @@ using q::Scaling;
 namespace {
 
 const q::QuantSpec kScaledSpecs[] = {
-    {QFormat::fp8_e4m3, Scaling::per_row},   {QFormat::fp8_e4m3, Scaling::per_tensor},
-    {QFormat::fp8_e5m2, Scaling::per_row},   {QFormat::fp8_e5m2, Scaling::per_tensor},
-    {QFormat::int8, Scaling::per_row},       {QFormat::int8, Scaling::per_tensor},
+    {QFormat::fp8_e4m3, Scaling::per_row}, {QFormat::fp8_e4m3, Scaling::per_tensor},
+    {QFormat::fp8_e5m2, Scaling::per_row}, {QFormat::fp8_e5m2, Scaling::per_tensor},
+    {QFormat::int8, Scaling::per_row},     {QFormat::int8, Scaling::per_tensor},
 };
 
 std::string describe(q::QuantSpec spec, at::ScalarType dtype, CpuKernel kernel) {
@@ -45,7 +45,8 @@ void expect_error(F&& f, apo::ErrorCode code, const std::string& context, const 
 
 }  // namespace
 
-TEST_CASE("fused quantize and dequantize match the libtorch chain bit for bit", "[quant][kernels]") {
+TEST_CASE("fused quantize and dequantize match the libtorch chain bit for bit",
+          "[quant][kernels]") {
   auto gen = at::make_generator<at::CPUGeneratorImpl>(42);
   // Odd sizes exercise the vector tails and runs that cross rows; the scale spread exercises
   // subnormal codes.
@@ -101,8 +102,11 @@ TEST_CASE("unscaled formats are rounding casts, checked for range", "[quant][ker
   CHECK(kept.data().data_ptr() == x.data_ptr());  // none holds the input itself
   at::Tensor wide = x.clone();
   wide[3][4] = 70000.0f;
-  expect_error([&] { (void)q::quantize(wide, {QFormat::fp16, Scaling::none}, "w"); },
-               apo::ErrorCode::InvalidArgument, "w", "beyond fp16's largest finite value 65504");
+  expect_error(
+      [&] {
+        (void)q::quantize(wide, {QFormat::fp16, Scaling::none}, "w");
+      },
+      apo::ErrorCode::InvalidArgument, "w", "beyond fp16's largest finite value 65504");
   // bf16 saturates at its largest finite value instead of rounding float32's largest to inf.
   wide[3][4] = std::numeric_limits<float>::max();
   const at::Tensor restored = q::quantize(wide, {QFormat::bf16, Scaling::none}, "w").dequantize();
@@ -111,9 +115,9 @@ TEST_CASE("unscaled formats are rounding casts, checked for range", "[quant][ker
 
 TEST_CASE("dequantizing rows into a buffer gives the rows of the whole", "[quant][kernels]") {
   const at::Tensor x = at::randn({50, 70});
-  for (q::QuantSpec spec :
-       {q::QuantSpec{QFormat::fp8_e4m3, Scaling::per_row}, q::QuantSpec{QFormat::int8, Scaling::per_tensor},
-        q::QuantSpec{QFormat::bf16, Scaling::none}}) {
+  for (q::QuantSpec spec : {q::QuantSpec{QFormat::fp8_e4m3, Scaling::per_row},
+                            q::QuantSpec{QFormat::int8, Scaling::per_tensor},
+                            q::QuantSpec{QFormat::bf16, Scaling::none}}) {
     const q::QTensor qt = q::quantize(x, spec, "w");
     const at::Tensor whole = qt.dequantize(at::kFloat);
     at::Tensor buffer = at::empty({16, 70});
@@ -134,30 +138,63 @@ TEST_CASE("dequantizing rows into a buffer gives the rows of the whole", "[quant
 TEST_CASE("QTensor::from_parts checks that its parts agree", "[quant][kernels]") {
   const at::Tensor codes = at::zeros({4, 8}, at::kFloat8_e4m3fn);
   const at::Tensor ok = at::ones({4});
-  CHECK_NOTHROW(q::QTensor::from_parts("w", codes, ok, QFormat::fp8_e4m3, Scaling::per_row, at::kFloat));
+  CHECK_NOTHROW(
+      q::QTensor::from_parts("w", codes, ok, QFormat::fp8_e4m3, Scaling::per_row, at::kFloat));
   CHECK(q::QTensor::from_parts("w", codes, ok.view({4, 1}), QFormat::fp8_e4m3, Scaling::per_row,
                                at::kFloat)
             .scales()
             .sizes() == at::IntArrayRef{4});
   using apo::ErrorCode;
-  expect_error([&] { q::QTensor::from_parts("w", codes, at::ones({3}), QFormat::fp8_e4m3, Scaling::per_row, at::kFloat); },
-               ErrorCode::InvalidArgument, "w", "scales have shape [3]; per_row scaling of a [4, 8] tensor needs [4]");
-  expect_error([&] { q::QTensor::from_parts("w", codes, at::ones({4}), QFormat::fp8_e4m3, Scaling::per_tensor, at::kFloat); },
-               ErrorCode::InvalidArgument, "w", "needs [1]");
-  expect_error([&] { q::QTensor::from_parts("w", codes, at::ones({4}, at::kDouble), QFormat::fp8_e4m3, Scaling::per_row, at::kFloat); },
-               ErrorCode::InvalidArgument, "w", "scales have dtype Double; expected Float");
-  expect_error([&] { q::QTensor::from_parts("w", codes, {}, QFormat::fp8_e4m3, Scaling::per_row, at::kFloat); },
-               ErrorCode::InvalidArgument, "w", "needs scales of shape [4]");
-  expect_error([&] { q::QTensor::from_parts("w", codes, ok, QFormat::fp8_e5m2, Scaling::per_row, at::kFloat); },
-               ErrorCode::InvalidArgument, "w", "data has dtype Float8_e4m3fn, but format fp8_e5m2");
-  expect_error([&] { q::QTensor::from_parts("w", codes, ok, QFormat::fp8_e4m3, Scaling::none, at::kFloat); },
-               ErrorCode::InvalidArgument, "w", "needs per_tensor or per_row scaling");
-  expect_error([&] { q::QTensor::from_parts("w", at::zeros({4, 8}, at::kHalf), ok, QFormat::fp16, Scaling::none, at::kFloat); },
-               ErrorCode::InvalidArgument, "w", "format fp16 takes no scales");
-  expect_error([&] { q::QTensor::from_parts("w", at::zeros({0, 8}, at::kChar), at::ones({0}), QFormat::int8, Scaling::per_row, at::kFloat); },
-               ErrorCode::InvalidArgument, "w", "empty");
-  expect_error([&] { (void)q::dequantize(q::quantize(at::randn({2, 2}), {QFormat::int8, Scaling::per_row}, "w"), at::kDouble); },
-               ErrorCode::Unsupported, "w", "dtype Double is not supported");
+  expect_error(
+      [&] {
+        q::QTensor::from_parts("w", codes, at::ones({3}), QFormat::fp8_e4m3, Scaling::per_row,
+                               at::kFloat);
+      },
+      ErrorCode::InvalidArgument, "w",
+      "scales have shape [3]; per_row scaling of a [4, 8] tensor needs [4]");
+  expect_error(
+      [&] {
+        q::QTensor::from_parts("w", codes, at::ones({4}), QFormat::fp8_e4m3, Scaling::per_tensor,
+                               at::kFloat);
+      },
+      ErrorCode::InvalidArgument, "w", "needs [1]");
+  expect_error(
+      [&] {
+        q::QTensor::from_parts("w", codes, at::ones({4}, at::kDouble), QFormat::fp8_e4m3,
+                               Scaling::per_row, at::kFloat);
+      },
+      ErrorCode::InvalidArgument, "w", "scales have dtype Double; expected Float");
+  expect_error(
+      [&] {
+        q::QTensor::from_parts("w", codes, {}, QFormat::fp8_e4m3, Scaling::per_row, at::kFloat);
+      },
+      ErrorCode::InvalidArgument, "w", "needs scales of shape [4]");
+  expect_error(
+      [&] {
+        q::QTensor::from_parts("w", codes, ok, QFormat::fp8_e5m2, Scaling::per_row, at::kFloat);
+      },
+      ErrorCode::InvalidArgument, "w", "data has dtype Float8_e4m3fn, but format fp8_e5m2");
+  expect_error(
+      [&] { q::QTensor::from_parts("w", codes, ok, QFormat::fp8_e4m3, Scaling::none, at::kFloat); },
+      ErrorCode::InvalidArgument, "w", "needs per_tensor or per_row scaling");
+  expect_error(
+      [&] {
+        q::QTensor::from_parts("w", at::zeros({4, 8}, at::kHalf), ok, QFormat::fp16, Scaling::none,
+                               at::kFloat);
+      },
+      ErrorCode::InvalidArgument, "w", "format fp16 takes no scales");
+  expect_error(
+      [&] {
+        q::QTensor::from_parts("w", at::zeros({0, 8}, at::kChar), at::ones({0}), QFormat::int8,
+                               Scaling::per_row, at::kFloat);
+      },
+      ErrorCode::InvalidArgument, "w", "empty");
+  expect_error(
+      [&] {
+        (void)q::dequantize(q::quantize(at::randn({2, 2}), {QFormat::int8, Scaling::per_row}, "w"),
+                            at::kDouble);
+      },
+      ErrorCode::Unsupported, "w", "dtype Double is not supported");
 }
 
 TEST_CASE("the kernels a machine runs are named", "[quant][kernels]") {
@@ -167,7 +204,8 @@ TEST_CASE("the kernels a machine runs are named", "[quant][kernels]") {
   CHECK((best == "avx2" || best == "portable"));
   CHECK((best == "avx2") == q::cpu_kernel_available(CpuKernel::avx2));
   if (!q::cpu_kernel_available(CpuKernel::avx2)) {
-    CHECK_THROWS_AS(q::quantize(at::randn({2, 2}), {QFormat::int8, Scaling::per_row}, "w", CpuKernel::avx2),
-                    apo::Error);
+    CHECK_THROWS_AS(
+        q::quantize(at::randn({2, 2}), {QFormat::int8, Scaling::per_row}, "w", CpuKernel::avx2),
+        apo::Error);
   }
 }

@@ -51,7 +51,10 @@ TEST_CASE("quality factors are measured on the reference tensors", "[quant][prec
   CHECK(fp16 > bf16 + 15);
   CHECK(bf16 > e4m3 + 15);
   CHECK(e4m3 > e5m2 + 4);
-  CHECK(int8 > e5m2);
+  // Per-row int8 beats E4M3 on plain Gaussian rows (42 vs 32 dB) but loses on the tensor with
+  // outlier input channels, whose amax sets every row's step: the worst case ranks E4M3 first.
+  CHECK(e4m3 > int8);
+  CHECK(table.at(kInt8).mean_snr_db > int8);
   CHECK(e4m3 > 25);
   CHECK(table.at({QFormat::none, Scaling::none}).snr_db == INFINITY);
   CHECK(table.at(kE4M3).cosine_similarity > 0.999);
@@ -74,7 +77,8 @@ TEST_CASE("bytes are real bytes per element: int8 is half of fp16, not a quarter
   CHECK(candidate(choice, kInt8).weight_bytes * 2 ==
         candidate(choice, {QFormat::fp16, Scaling::none}).weight_bytes);
   // Per-row scales cost 4 bytes a row.
-  const q::PrecisionChoice with_rows = q::choose_precision({{12'000'000'000, at::kFloat, 1000}, 1000 * GiB});
+  const q::PrecisionChoice with_rows =
+      q::choose_precision({{12'000'000'000, at::kFloat, 1000}, 1000 * GiB});
   CHECK(candidate(with_rows, kInt8).weight_bytes == 12'000'004'000);
 }
 
@@ -91,16 +95,14 @@ TEST_CASE("the highest-quality format that fits within the fraction is chosen, w
     CHECK(c.spec == q::QuantSpec{QFormat::fp16, Scaling::none});
     CHECK(c.reason.find("higher-quality formats do not fit (none needs") != std::string::npos);
   }
-  SECTION("only 8 bits fit: the 8-bit format with the best measured SNR") {
+  SECTION("only 8 bits fit: the 8-bit format with the best measured worst-case SNR, E4M3") {
     const q::PrecisionChoice c = q::choose_precision({flux_like(), 24 * GiB});
-    const q::QualityTable& table = q::reference_quality();
-    const q::QuantSpec best = table.at(kInt8).snr_db > table.at(kE4M3).snr_db ? kInt8 : kE4M3;
-    CHECK(c.spec == best);
+    CHECK(c.spec == kE4M3);
     CHECK(c.fits);
     CHECK(c.weight_bytes == 12'000'000'000);
     INFO(c.reason);
     CHECK(c.reason.find("fit within 80% of 24.00 GiB (19.20 GiB)") != std::string::npos);
-    CHECK(c.reason.find("measured on apo's reference tensors: SNR") != std::string::npos);
+    CHECK(c.reason.find("measured on apo's reference tensors: worst SNR") != std::string::npos);
   }
   SECTION("nothing fits: the smallest, flagged") {
     const q::PrecisionChoice c = q::choose_precision({flux_like(), 8 * GiB});
@@ -127,7 +129,8 @@ TEST_CASE("the config's precision, quantization switch and fraction drive the ch
   config.model_precision = apo::Precision::automatic;
   config.enable_quantization = true;
   config.quantization_memory_fraction = 0.8;
-  CHECK(q::choose_precision(config, flux_like(), 32 * GiB).spec.format == QFormat::fp16);  // 25.6 GiB budget
+  CHECK(q::choose_precision(config, flux_like(), 32 * GiB).spec.format ==
+        QFormat::fp16);                       // 25.6 GiB budget
   config.quantization_memory_fraction = 0.5;  // 16 GiB budget: fp16's 22.4 GiB does not fit
   CHECK(q::traits(q::choose_precision(config, flux_like(), 32 * GiB).spec.format).scaled);
   config.model_precision = apo::Precision::fp8_e4m3;

@@ -42,10 +42,11 @@ void expect_error(F&& f, const std::string& part) {
 TEST_CASE("qlinear equals dequantize-then-linear", "[quant][qlinear]") {
   const at::Tensor w = at::randn({200, 96}) * 0.05;
   const at::Tensor bias = at::randn({200});
-  const q::QuantSpec specs[] = {{QFormat::fp8_e4m3, Scaling::per_row}, {QFormat::fp8_e4m3, Scaling::per_tensor},
-                                {QFormat::fp8_e5m2, Scaling::per_row}, {QFormat::int8, Scaling::per_row},
-                                {QFormat::int8, Scaling::per_tensor},  {QFormat::bf16, Scaling::none},
-                                {QFormat::fp16, Scaling::none},        {QFormat::none, Scaling::none}};
+  const q::QuantSpec specs[] = {
+      {QFormat::fp8_e4m3, Scaling::per_row}, {QFormat::fp8_e4m3, Scaling::per_tensor},
+      {QFormat::fp8_e5m2, Scaling::per_row}, {QFormat::int8, Scaling::per_row},
+      {QFormat::int8, Scaling::per_tensor},  {QFormat::bf16, Scaling::none},
+      {QFormat::fp16, Scaling::none},        {QFormat::none, Scaling::none}};
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
     const at::Tensor x = at::randn({3, 7, 96}).to(dtype);
     for (q::QuantSpec spec : specs) {
@@ -62,7 +63,8 @@ TEST_CASE("qlinear equals dequantize-then-linear", "[quant][qlinear]") {
         CHECK(gap <= (dtype == at::kFloat ? 1e-6 : 1e-2));
       }
       const at::Tensor no_bias = q::qlinear(x, qw);
-      CHECK(relative_gap(no_bias, at::linear(x, qw.dequantize(dtype))) <= (dtype == at::kFloat ? 1e-6 : 1e-2));
+      CHECK(relative_gap(no_bias, at::linear(x, qw.dequantize(dtype))) <=
+            (dtype == at::kFloat ? 1e-6 : 1e-2));
     }
   }
 }
@@ -74,7 +76,8 @@ TEST_CASE("qlinear plans: direct for a weight in x's dtype, tiles otherwise", "[
   const q::QLinearPlan cast = q::plan_qlinear(x, bf16);
   CHECK(cast.path == q::QLinearPath::tiled);
 
-  const q::QTensor fp8 = q::quantize(at::randn({1024, 512}), {QFormat::fp8_e4m3, Scaling::per_row}, "w");
+  const q::QTensor fp8 =
+      q::quantize(at::randn({1024, 512}), {QFormat::fp8_e4m3, Scaling::per_row}, "w");
   const q::QLinearPlan plan = q::plan_qlinear(x, fp8);
   CHECK(plan.path == q::QLinearPath::tiled);
   const std::int64_t whole = 1024 * 512 * 4;  // the dequantized weight, 2 MiB
@@ -83,11 +86,13 @@ TEST_CASE("qlinear plans: direct for a weight in x's dtype, tiles otherwise", "[
   CHECK(plan.tile_rows % 16 == 0);
   CHECK(plan.reason.find("rows at a time") != std::string::npos);
   // Small weights are decoded whole: the buffer is at most 1 MiB.
-  const q::QTensor small = q::quantize(at::randn({64, 512}), {QFormat::int8, Scaling::per_row}, "w");
+  const q::QTensor small =
+      q::quantize(at::randn({64, 512}), {QFormat::int8, Scaling::per_row}, "w");
   CHECK(q::plan_qlinear(x, small).tile_rows == 64);
 }
 
-TEST_CASE("qlinear's peak extra memory is below 10% of the dequantized weight", "[quant][qlinear]") {
+TEST_CASE("qlinear's peak extra memory is below 10% of the dequantized weight",
+          "[quant][qlinear]") {
   const at::Tensor w = at::randn({1024, 1024});
   const at::Tensor x = at::randn({64, 1024});
   const std::int64_t dequantized = 1024 * 1024 * 4;
@@ -119,13 +124,21 @@ TEST_CASE("qlinear's peak extra memory is below 10% of the dequantized weight", 
 }
 
 TEST_CASE("qlinear rejects arguments that do not fit, naming the weight", "[quant][qlinear]") {
-  const q::QTensor w = q::quantize(at::randn({32, 16}), {QFormat::int8, Scaling::per_row}, "blocks.0.ff.weight");
-  expect_error([&] { (void)q::qlinear(at::randn({4, 15}), w); },
-               "x has 15 input features (shape [4, 15]), but the weight of shape [32, 16] expects 16");
-  expect_error([&] { (void)q::qlinear(at::randn({4, 16}), w, at::randn({31})); },
-               "the bias must be a floating-point [32] tensor");
+  const q::QTensor w =
+      q::quantize(at::randn({32, 16}), {QFormat::int8, Scaling::per_row}, "blocks.0.ff.weight");
+  expect_error(
+      [&] {
+        (void)q::qlinear(at::randn({4, 15}), w);
+      },
+      "x has 15 input features (shape [4, 15]), but the weight of shape [32, 16] expects 16");
+  expect_error(
+      [&] {
+        (void)q::qlinear(at::randn({4, 16}), w, at::randn({31}));
+      },
+      "the bias must be a floating-point [32] tensor");
   expect_error([&] { (void)q::qlinear(at::ones({4, 16}, at::kInt), w); }, "x has dtype Int");
-  const q::QTensor conv = q::quantize(at::randn({8, 4, 3, 3}), {QFormat::int8, Scaling::per_row}, "blocks.0.ff.weight");
+  const q::QTensor conv =
+      q::quantize(at::randn({8, 4, 3, 3}), {QFormat::int8, Scaling::per_row}, "blocks.0.ff.weight");
   expect_error([&] { (void)q::qlinear(at::randn({4, 36}), conv); }, "needs a 2-d weight");
   CHECK(q::qlinear(at::randn({0, 16}), w).sizes() == at::IntArrayRef{0, 32});
 }

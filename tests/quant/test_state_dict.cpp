@@ -58,8 +58,9 @@ TEST_CASE("quantize_state_dict quantizes linear and conv weights and keeps the r
     CHECK(result.tensors[i].name() == state[i].first);
     CHECK(report.tensors[i].name == state[i].first);
   }
-  for (const char* name : {"transformer_blocks.0.attn.to_q.weight", "transformer_blocks.0.ff.net.0.proj.weight",
-                           "transformer_blocks.0.ff.net.2.weight", "transformer_blocks.0.conv.weight"}) {
+  for (const char* name :
+       {"transformer_blocks.0.attn.to_q.weight", "transformer_blocks.0.ff.net.0.proj.weight",
+        "transformer_blocks.0.ff.net.2.weight", "transformer_blocks.0.conv.weight"}) {
     INFO(name);
     const q::TensorReport& t = entry(report, name);
     CHECK(t.quantized);
@@ -147,7 +148,8 @@ TEST_CASE("quantize_state_dict errors name the tensor or the pattern", "[quant][
     FAIL("no error");
   } catch (const apo::Error& e) {
     CHECK(e.context() == "transformer_blocks.0.attn.to_q.weight");
-    CHECK(std::string(e.what()).find("NaN or infinite value (first: nan at [3, 7])") != std::string::npos);
+    CHECK(std::string(e.what()).find("NaN or infinite value (first: nan at [3, 7])") !=
+          std::string::npos);
   }
   // NaN in a kept tensor is left alone: it is not quantized.
   q::NamedTensors kept_nan = dit_like();
@@ -161,7 +163,7 @@ TEST_CASE("quantize_state_dict errors name the tensor or the pattern", "[quant][
     FAIL("no error");
   } catch (const apo::Error& e) {
     CHECK(e.code() == apo::ErrorCode::InvalidArgument);
-    CHECK(std::string(e.what()).find("keep pattern '(unclosed' is not a valid regular expression") !=
-          std::string::npos);
+    CHECK(std::string(e.what()).find(
+              "keep pattern '(unclosed' is not a valid regular expression") != std::string::npos);
   }
 }

@@ -72,7 +72,9 @@ inline constexpr float kAmaxFloor = 1e-12f;
 inline constexpr float kAmaxCeiling = 0x1.fffp127f;
 
 /// @brief The format's name ("fp8_e4m3").
-constexpr std::string_view to_string(QFormat format) noexcept { return traits(format).name; }
+constexpr std::string_view to_string(QFormat format) noexcept {
+  return traits(format).name;
+}
 
 /// @brief The scaling's name ("per_row").
 constexpr std::string_view to_string(Scaling scaling) noexcept {

@@ -83,7 +83,8 @@ inline float decode_e4m3(std::uint8_t code) noexcept {
   } else {
     value = detail::float_of((magnitude << 20) + (120u << 23));
   }
-  return detail::float_of(detail::bits_of(value) | (static_cast<std::uint32_t>(code & 0x80u) << 24));
+  return detail::float_of(detail::bits_of(value) |
+                          (static_cast<std::uint32_t>(code & 0x80u) << 24));
 }
 
 /// @brief E5M2 code -> float. Exponent 31 with mantissa 0 is infinity, otherwise NaN.
@@ -98,7 +99,8 @@ inline float decode_e5m2(std::uint8_t code) noexcept {
   } else {
     value = detail::float_of((magnitude << 21) + (112u << 23));
   }
-  return detail::float_of(detail::bits_of(value) | (static_cast<std::uint32_t>(code & 0x80u) << 24));
+  return detail::float_of(detail::bits_of(value) |
+                          (static_cast<std::uint32_t>(code & 0x80u) << 24));
 }
 
 }  // namespace apo::quant::fp8

@@ -24,9 +24,12 @@ namespace apo::quant {
 /// @brief Measured quality of one format.
 struct FormatQuality {
   QuantSpec spec;
-  double snr_db = 0;             ///< mean over the tensors; +infinity for exact formats
-  double cosine_similarity = 1;  ///< mean over the tensors
-  double max_relative_error = 0; ///< max |x - x'| / amax(x) over the tensors
+  /// The worst (lowest) SNR over the tensors: one badly quantized layer spoils a model, so the
+  /// ranking uses the worst case. +infinity for exact formats.
+  double snr_db = 0;
+  double mean_snr_db = 0;         ///< mean over the tensors
+  double cosine_similarity = 1;   ///< the lowest over the tensors
+  double max_relative_error = 0;  ///< max |x - x'| / amax(x) over the tensors
 };
 
 /// @brief Quality of several formats on one set of tensors.
@@ -43,7 +46,8 @@ struct QualityTable {
 /// freedom) and one with a few outlier input channels 20x larger, each 256 x 1024 float32.
 NamedTensors reference_weights();
 
-/// @brief Quantizes every tensor to every spec and averages SNR and cosine similarity.
+/// @brief Quantizes every tensor to every spec and records the worst and mean SNR and the lowest
+/// cosine similarity.
 QualityTable measure_quality(const NamedTensors& tensors, const std::vector<QuantSpec>& specs,
                              std::string measured_on);
 
@@ -80,8 +84,8 @@ struct CandidateFormat {
 struct PrecisionChoice {
   QuantSpec spec;
   std::int64_t weight_bytes = 0;
-  std::int64_t budget_bytes = 0;  ///< memory_fraction of the available bytes
-  bool fits = false;              ///< false when nothing fits: then the smallest format
+  std::int64_t budget_bytes = 0;            ///< memory_fraction of the available bytes
+  bool fits = false;                        ///< false when nothing fits: then the smallest format
   std::vector<CandidateFormat> candidates;  ///< best quality first
   std::string reason;
 };
@@ -94,7 +98,7 @@ struct PrecisionRequest {
   bool allow_8bit = true;        ///< performance_optimization.enable_quantization
 };
 
-/// @brief The highest-quality candidate (by measured SNR) whose weights fit within
+/// @brief The highest-quality candidate (by measured worst-case SNR) whose weights fit within
 /// memory_fraction x available_bytes; if none fits, the smallest, with fits = false. Throws
 /// apo::Error(InvalidArgument) for a non-positive parameter count or available bytes, a
 /// fraction outside (0, 1], or a non-floating source dtype.

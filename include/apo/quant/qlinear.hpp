@@ -39,8 +39,7 @@ struct QLinearPlan {
 };
 
 /// @brief The plan qlinear follows; throws like qlinear on bad arguments.
-QLinearPlan plan_qlinear(const at::Tensor& x, const QTensor& w,
-                         const QLinearOptions& options = {});
+QLinearPlan plan_qlinear(const at::Tensor& x, const QTensor& w, const QLinearOptions& options = {});
 
 /// @brief y = x W^T + b: x [..., in] (float32, float16 or bfloat16), W [out, in] quantized, b
 /// [out] or none; y [..., out] in x's dtype, on x's device. On the CPU the dequantized weight

@@ -26,16 +26,16 @@ namespace apo::quant {
 ///   the same input gives the same bits, on every thread count and kernel.
 /// - Each element of `q.dequantize(q.quantize(t, name))` in float32 lies within the format's
 ///   error bound (FormatTraits) of t; zero stays zero; nothing becomes NaN or infinite: scales
-///   are amax / max_value with amax clamped to [kAmaxFloor, kAmaxCeiling], and values are clamped to the format's
-///   range before the cast.
+///   are amax / max_value with amax clamped to [kAmaxFloor, kAmaxCeiling], and values are clamped
+///   to the format's range before the cast.
 /// - Bad input throws apo::Error naming `name`, never quantizes silently and never crashes:
 ///   InvalidArgument for an undefined, empty or non-floating tensor and for NaN or infinity
 ///   anywhere in it; Unsupported for another dtype or device. `q.dequantize(x)` throws
 ///   InvalidArgument naming the tensor when x was stored in another format.
 /// - Const member functions may be called from several threads at once.
 template <class Q>
-concept Quantizer = std::copyable<Q> && requires(const Q& q, const at::Tensor& t,
-                                                 const QTensor& x, std::string_view name) {
+concept Quantizer = std::copyable<Q> &&
+    requires(const Q& q, const at::Tensor& t, const QTensor& x, std::string_view name) {
   { Q::format } -> std::convertible_to<QFormat>;
   { q.spec() } -> std::same_as<QuantSpec>;
   { q.quantize(t, name) } -> std::same_as<QTensor>;

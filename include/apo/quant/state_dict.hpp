@@ -63,10 +63,10 @@ struct QuantizationReport {
   std::int64_t bytes_after = 0;
   int quantized_count = 0;
   int kept_count = 0;
-  double min_snr_db = 0;              ///< over quantized tensors (+infinity if none)
-  double mean_snr_db = 0;             ///< over quantized tensors with finite SNR
-  double min_cosine_similarity = 1;   ///< over quantized tensors
-  double max_abs_error = 0;           ///< over all tensors
+  double min_snr_db = 0;             ///< over quantized tensors (+infinity if none)
+  double mean_snr_db = 0;            ///< over quantized tensors with finite SNR
+  double min_cosine_similarity = 1;  ///< over quantized tensors
+  double max_abs_error = 0;          ///< over all tensors
 
   /// @brief One line per tensor and a totals line, for terminals and logs.
   std::string to_table() const;
