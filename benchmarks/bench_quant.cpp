@@ -9,8 +9,12 @@
 
 #include <malloc.h>
 
+#include <algorithm>
+#include <chrono>
 #include <cstring>
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "../tests/quant/cpu_allocation_counter.hpp"
 #include "apo/monitor/benchmark.hpp"
@@ -28,19 +32,50 @@ namespace {
 
 constexpr double kGB = 1e9;
 
-// Copies `bytes` bytes on every ATen thread, as the kernels run: the machine's copy bandwidth.
-double copy_seconds(std::int64_t bytes) {
-  const at::Tensor src = at::randn({bytes / 4});
-  at::Tensor dst = at::empty_like(src);
-  const auto* from = static_cast<const char*>(src.const_data_ptr());
-  auto* to = static_cast<char*>(dst.mutable_data_ptr());
-  return bench::median_seconds([&] {
-    at::parallel_for(0, bytes, 1 << 20, [&](std::int64_t begin, std::int64_t end) {
+// Median seconds of each run, measured round-robin (after one warm-up each) until every run has
+// run `min_runs` times and `min_total_s` have passed. Candidate and baseline then see the same
+// machine load, which on a shared machine moves by more than the differences measured.
+std::vector<double> interleaved_medians(const std::vector<std::function<void()>>& runs,
+                                        int min_runs = 7, double min_total_s = 0.5) {
+  using clock = std::chrono::steady_clock;
+  for (const auto& run : runs) run();
+  std::vector<std::vector<double>> times(runs.size());
+  const auto start = clock::now();
+  while (static_cast<int>(times[0].size()) < min_runs ||
+         std::chrono::duration<double>(clock::now() - start).count() < min_total_s) {
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+      const auto t0 = clock::now();
+      runs[i]();
+      times[i].push_back(std::chrono::duration<double>(clock::now() - t0).count());
+    }
+    if (times[0].size() >= 200) break;
+  }
+  std::vector<double> medians;
+  for (auto& t : times) {
+    std::nth_element(t.begin(), t.begin() + t.size() / 2, t.end());
+    medians.push_back(t[t.size() / 2]);
+  }
+  return medians;
+}
+
+// Copies a buffer of `bytes` on every ATen thread, as the kernels run: the machine's limit.
+class Copy {
+ public:
+  explicit Copy(std::int64_t bytes) : src_(at::randn({bytes / 4})), dst_(at::empty_like(src_)) {}
+  std::int64_t bytes() const { return static_cast<std::int64_t>(src_.nbytes()); }
+  void operator()() {
+    const auto* from = static_cast<const char*>(src_.const_data_ptr());
+    auto* to = static_cast<char*>(dst_.mutable_data_ptr());
+    at::parallel_for(0, bytes(), 1 << 20, [&](std::int64_t begin, std::int64_t end) {
       std::memcpy(to + begin, from + begin, static_cast<std::size_t>(end - begin));
     });
     bench::do_not_optimize(to[0]);
-  });
-}
+  }
+
+ private:
+  at::Tensor src_;
+  at::Tensor dst_;
+};
 
 std::string dtype_name(at::ScalarType dtype) {
   return dtype == at::kFloat ? "fp32" : "bf16";
@@ -71,34 +106,31 @@ int main(int argc, char** argv) {
   for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
     const at::Tensor w = (at::randn({n, n}) * 0.02).to(dtype);
     const std::int64_t in_bytes = static_cast<std::int64_t>(w.nbytes());
-    // The machine's limit: reading and writing the weight's bytes once each.
-    const double copy_s = copy_seconds(in_bytes);
-    const double copy_gbps = 2.0 * static_cast<double>(in_bytes) / copy_s / kGB;
-    report.add({"memcpy " + size + " " + dtype_name(dtype) + " (" + threads + ")", "bandwidth",
-                copy_gbps, "GB/s", std::nullopt, Better::higher});
-
+    Copy copy(in_bytes);
     for (q::QuantSpec spec : specs) {
       const std::string name = q::to_string(spec) + " " + size + " " + dtype_name(dtype);
-      const double fused_s =
-          bench::median_seconds([&] { bench::do_not_optimize(q::quantize(w, spec, "w")); });
-      const double chain_s =
-          bench::median_seconds([&] { bench::do_not_optimize(q::reference::quantize(w, spec)); });
-      report.add({"quantize " + name + " (fused " + kernel + " vs libtorch chain)", "time",
-                  fused_s * 1e3, "ms", chain_s * 1e3, Better::lower});
       const q::QTensor qw = q::quantize(w, spec, "w");
-      const double moved = static_cast<double>(in_bytes + qw.bytes());
-      report.add({"quantize " + name + " (bytes in + out per second vs memcpy)", "bandwidth",
-                  moved / fused_s / kGB, "GB/s", copy_gbps, Better::higher});
-
-      const double dq_fused_s =
-          bench::median_seconds([&] { bench::do_not_optimize(qw.dequantize()); });
-      const double dq_chain_s = bench::median_seconds([&] {
-        bench::do_not_optimize(q::reference::dequantize(qw.data(), qw.scales(), spec, dtype));
+      const std::vector<double> t = interleaved_medians({
+          [&] { bench::do_not_optimize(q::quantize(w, spec, "w")); },
+          [&] { bench::do_not_optimize(q::reference::quantize(w, spec)); },
+          [&] { bench::do_not_optimize(qw.dequantize()); },
+          [&] {
+            bench::do_not_optimize(q::reference::dequantize(qw.data(), qw.scales(), spec, dtype));
+          },
+          [&] { copy(); },
       });
+      // Bytes a kernel must move (its input and its output) per second, against the copy's
+      // read and write of the weight's bytes.
+      const double moved = static_cast<double>(in_bytes + qw.bytes());
+      const double copy_gbps = 2.0 * static_cast<double>(in_bytes) / t[4] / kGB;
+      report.add({"quantize " + name + " (fused " + kernel + " vs libtorch chain)", "time",
+                  t[0] * 1e3, "ms", t[1] * 1e3, Better::lower});
+      report.add({"quantize " + name + " (bytes in + out per second vs memcpy, " + threads + ")",
+                  "bandwidth", moved / t[0] / kGB, "GB/s", copy_gbps, Better::higher});
       report.add({"dequantize " + name + " (fused " + kernel + " vs libtorch chain)", "time",
-                  dq_fused_s * 1e3, "ms", dq_chain_s * 1e3, Better::lower});
-      report.add({"dequantize " + name + " (bytes in + out per second vs memcpy)", "bandwidth",
-                  (moved) / dq_fused_s / kGB, "GB/s", copy_gbps, Better::higher});
+                  t[2] * 1e3, "ms", t[3] * 1e3, Better::lower});
+      report.add({"dequantize " + name + " (bytes in + out per second vs memcpy, " + threads + ")",
+                  "bandwidth", moved / t[2] / kGB, "GB/s", copy_gbps, Better::higher});
     }
 
     // qlinear: x [tokens, n] in the weight's dtype against dequantize-then-linear.
@@ -108,12 +140,12 @@ int main(int argc, char** argv) {
                                std::to_string(tokens) + "x" + std::to_string(n);
       const q::QTensor qw = q::quantize(w, spec, "w");
       const at::Tensor x = at::randn({tokens, n}).to(dtype);
-      const double qlinear_s =
-          bench::median_seconds([&] { bench::do_not_optimize(q::qlinear(x, qw)); });
-      const double chain_s = bench::median_seconds(
-          [&] { bench::do_not_optimize(at::linear(x, qw.dequantize(dtype))); });
-      report.add({"qlinear " + name + " (vs dequantize + linear)", "time", qlinear_s * 1e3, "ms",
-                  chain_s * 1e3, Better::lower});
+      const std::vector<double> t = interleaved_medians({
+          [&] { bench::do_not_optimize(q::qlinear(x, qw)); },
+          [&] { bench::do_not_optimize(at::linear(x, qw.dequantize(dtype))); },
+      });
+      report.add({"qlinear " + name + " (vs dequantize + linear)", "time", t[0] * 1e3, "ms",
+                  t[1] * 1e3, Better::lower});
 
       const std::int64_t output = tokens * n * static_cast<std::int64_t>(x.element_size());
       const std::int64_t dequantized = n * n * static_cast<std::int64_t>(x.element_size());

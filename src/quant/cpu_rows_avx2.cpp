@@ -15,7 +15,6 @@
 #include <immintrin.h>
 
 #include <algorithm>
-#include <cfloat>
 #include <cstring>
 #include <limits>
 
@@ -27,24 +26,12 @@ namespace {
 constexpr std::int64_t kStep = 32;
 
 template <Elem E>
-struct ElemTraits;
-template <>
-struct ElemTraits<Elem::f32> {
-  using type = float;
-};
-template <>
-struct ElemTraits<Elem::f16> {
-  using type = std::uint16_t;
-};
-template <>
-struct ElemTraits<Elem::bf16> {
-  using type = std::uint16_t;
-};
+using Storage = elem_storage_t<E>;
 
 // ---- loads and stores of 8 lanes --------------------------------------------------------------
 
 template <Elem E>
-APO_AVX2 inline __m256 load8(const typename ElemTraits<E>::type* p) {
+APO_AVX2 inline __m256 load8(const Storage<E>* p) {
   if constexpr (E == Elem::f32) {
     return _mm256_loadu_ps(p);
   } else if constexpr (E == Elem::f16) {
@@ -57,7 +44,7 @@ APO_AVX2 inline __m256 load8(const typename ElemTraits<E>::type* p) {
 }
 
 template <Elem E>
-APO_AVX2 inline void store8(typename ElemTraits<E>::type* p, __m256 v) {
+APO_AVX2 inline void store8(Storage<E>* p, __m256 v) {
   if constexpr (E == Elem::f32) {
     _mm256_storeu_ps(p, v);
   } else if constexpr (E == Elem::f16) {
@@ -79,43 +66,52 @@ APO_AVX2 inline void store8(typename ElemTraits<E>::type* p, __m256 v) {
 
 // ---- amax ---------------------------------------------------------------------------------------
 
-struct AmaxState {
-  __m256 acc[4];
-  __m256 bad;
-};
-
+// amax as the integer max of magnitude bits (see magnitude_from_bits): float32 in 32-bit
+// lanes, 16-bit floats in their own 16-bit lanes, without converting them.
 template <Elem E>
-APO_AVX2 inline void amax_step(const typename ElemTraits<E>::type* p, AmaxState& state) {
-  const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7FFFFFFF));
-  const __m256 finite_max = _mm256_set1_ps(FLT_MAX);
-  for (int k = 0; k < 4; ++k) {
-    const __m256 a = _mm256_and_ps(load8<E>(p + 8 * k), abs_mask);
-    state.acc[k] = _mm256_max_ps(state.acc[k], a);
-    // Not (a <= FLT_MAX): true for infinity and, being unordered, for NaN.
-    state.bad = _mm256_or_ps(state.bad, _mm256_cmp_ps(a, finite_max, _CMP_NLE_UQ));
+APO_AVX2 inline void amax_step(const Storage<E>* p, __m256i acc[4]) {
+  if constexpr (E == Elem::f32) {
+    const __m256i magnitude_mask = _mm256_set1_epi32(0x7FFFFFFF);
+    for (int k = 0; k < 4; ++k) {
+      const __m256i bits = _mm256_castps_si256(_mm256_loadu_ps(p + 8 * k));
+      acc[k] = _mm256_max_epu32(acc[k], _mm256_and_si256(bits, magnitude_mask));
+    }
+  } else {
+    const __m256i magnitude_mask = _mm256_set1_epi16(0x7FFF);
+    for (int k = 0; k < 2; ++k) {
+      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p + 16 * k));
+      acc[k] = _mm256_max_epu16(acc[k], _mm256_and_si256(bits, magnitude_mask));
+    }
   }
 }
 
 template <Elem E>
 APO_AVX2 float amax_avx2(const void* input, std::int64_t n) {
-  using T = typename ElemTraits<E>::type;
-  const T* x = static_cast<const T*>(input);
-  AmaxState state;
-  for (auto& acc : state.acc) acc = _mm256_setzero_ps();
-  state.bad = _mm256_setzero_ps();
+  const auto* x = static_cast<const Storage<E>*>(input);
+  __m256i acc[4] = {_mm256_setzero_si256(), _mm256_setzero_si256(), _mm256_setzero_si256(),
+                    _mm256_setzero_si256()};
   std::int64_t i = 0;
-  for (; i + kStep <= n; i += kStep) amax_step<E>(x + i, state);
+  for (; i + kStep <= n; i += kStep) amax_step<E>(x + i, acc);
   if (i < n) {
-    T tail[kStep] = {};
-    std::memcpy(tail, x + i, static_cast<std::size_t>(n - i) * sizeof(T));
-    amax_step<E>(tail, state);
+    Storage<E> tail[kStep] = {};
+    std::memcpy(tail, x + i, static_cast<std::size_t>(n - i) * sizeof(Storage<E>));
+    amax_step<E>(tail, acc);
   }
-  if (_mm256_movemask_ps(state.bad) != 0) return std::numeric_limits<float>::infinity();
-  const __m256 m = _mm256_max_ps(_mm256_max_ps(state.acc[0], state.acc[1]),
-                                 _mm256_max_ps(state.acc[2], state.acc[3]));
-  alignas(32) float lanes[8];
-  _mm256_store_ps(lanes, m);
-  return *std::max_element(lanes, lanes + 8);
+  alignas(32) Storage<E> lanes[4][32 / sizeof(Storage<E>)];
+  for (int k = 0; k < 4; ++k) _mm256_store_si256(reinterpret_cast<__m256i*>(lanes[k]), acc[k]);
+  std::uint32_t largest = 0;
+  for (const auto& lane : lanes) {
+    for (Storage<E> v : lane) {
+      std::uint32_t bits;
+      if constexpr (E == Elem::f32) {
+        std::memcpy(&bits, &v, sizeof bits);
+      } else {
+        bits = v;
+      }
+      largest = std::max(largest, bits);
+    }
+  }
+  return magnitude_from_bits<E>(largest);
 }
 
 // ---- encode -------------------------------------------------------------------------------------
@@ -169,14 +165,18 @@ APO_AVX2 inline __m256i pack32(__m256i c0, __m256i c1, __m256i c2, __m256i c3) {
   return _mm256_permutevar8x32_epi32(bytes, _mm256_setr_epi32(0, 4, 1, 5, 2, 6, 3, 7));
 }
 
-template <Code C>
-constexpr float code_max() {
-  return C == Code::e4m3 ? 448.0f : C == Code::e5m2 ? 57344.0f : 127.0f;
+// One prefetch per cache line of the next row, for the kStep elements at the same offset.
+template <Elem E>
+APO_AVX2 inline void prefetch_step(const Storage<E>* next) {
+  constexpr std::size_t kBytes = kStep * sizeof(Storage<E>);
+  const char* line = reinterpret_cast<const char*>(next);
+  for (std::size_t offset = 0; offset < kBytes; offset += 64) {
+    _mm_prefetch(line + offset, _MM_HINT_T0);
+  }
 }
 
 template <Elem E, Code C>
-APO_AVX2 inline void encode_step(const typename ElemTraits<E>::type* p, __m256 scale,
-                                 std::uint8_t* q) {
+APO_AVX2 inline void encode_step(const Storage<E>* p, __m256 scale, std::uint8_t* q) {
   const __m256 hi = _mm256_set1_ps(code_max<C>());
   const __m256 lo = _mm256_set1_ps(-code_max<C>());
   __m256i c[4];
@@ -197,18 +197,25 @@ APO_AVX2 inline void encode_step(const typename ElemTraits<E>::type* p, __m256 s
 }
 
 template <Elem E, Code C>
-APO_AVX2 void encode_avx2(const void* input, std::int64_t n, float scale, void* output) {
-  using T = typename ElemTraits<E>::type;
-  const T* x = static_cast<const T*>(input);
+APO_AVX2 void encode_avx2(const void* input, std::int64_t n, float scale, void* output,
+                          const void* next_row) {
+  const auto* x = static_cast<const Storage<E>*>(input);
+  const auto* next = static_cast<const Storage<E>*>(next_row);
   auto* out = static_cast<std::uint8_t*>(output);
   const __m256 s = _mm256_set1_ps(scale);
   std::int64_t i = 0;
+  if (next != nullptr) {
+    for (; i + kStep <= n; i += kStep) {
+      prefetch_step<E>(next + i);
+      encode_step<E, C>(x + i, s, out + i);
+    }
+  }
   for (; i + kStep <= n; i += kStep) encode_step<E, C>(x + i, s, out + i);
   if (i < n) {
-    T tail[kStep] = {};
+    Storage<E> tail[kStep] = {};
     std::uint8_t codes[kStep];
     const auto count = static_cast<std::size_t>(n - i);
-    std::memcpy(tail, x + i, count * sizeof(T));
+    std::memcpy(tail, x + i, count * sizeof(Storage<E>));
     encode_step<E, C>(tail, s, codes);
     std::memcpy(out + i, codes, count);
   }
@@ -240,14 +247,13 @@ APO_AVX2 inline __m256 decode8(const std::uint8_t* p) {
 }
 
 template <Code C, Elem E>
-APO_AVX2 inline void decode_step(const std::uint8_t* p, __m256 scale,
-                                 typename ElemTraits<E>::type* q) {
+APO_AVX2 inline void decode_step(const std::uint8_t* p, __m256 scale, Storage<E>* q) {
   for (int k = 0; k < 4; ++k) store8<E>(q + 8 * k, _mm256_mul_ps(decode8<C>(p + 8 * k), scale));
 }
 
 template <Code C, Elem E>
 APO_AVX2 void decode_avx2(const void* input, std::int64_t n, float scale, void* output) {
-  using T = typename ElemTraits<E>::type;
+  using T = Storage<E>;
   const auto* codes = static_cast<const std::uint8_t*>(input);
   T* out = static_cast<T*>(output);
   const __m256 s = _mm256_set1_ps(scale);

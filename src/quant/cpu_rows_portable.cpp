@@ -43,11 +43,6 @@ struct Storage<Elem::bf16> {
   static std::uint16_t store(float v) { return c10::BFloat16(v).x; }
 };
 
-template <Code C>
-constexpr float code_max() {
-  return C == Code::e4m3 ? 448.0f : C == Code::e5m2 ? 57344.0f : 127.0f;
-}
-
 // Loads up to kLanes elements as floats; missing lanes are zero.
 template <Elem E>
 Vec load_block(const typename Storage<E>::type* x, std::int64_t count) {
@@ -79,7 +74,8 @@ float amax_portable(const void* input, std::int64_t n) {
 }
 
 template <Elem E, Code C>
-void encode_portable(const void* input, std::int64_t n, float scale, void* output) {
+void encode_portable(const void* input, std::int64_t n, float scale, void* output,
+                     const void* /*next: the portable loop is compute-bound*/) {
   const auto* x = static_cast<const typename Storage<E>::type*>(input);
   auto* out = static_cast<std::uint8_t*>(output);
   const Vec s(scale);

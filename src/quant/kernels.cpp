@@ -118,10 +118,22 @@ bool avx2_runs() {
   return runs;
 }
 
+bool avx512_runs() {
+  static const bool runs = detail::avx512_row_kernels() != nullptr && detail::cpu_runs_avx512();
+  return runs;
+}
+
 const RowKernels& row_kernels(CpuKernel kernel) {
   switch (kernel) {
     case CpuKernel::best:
+      if (avx512_runs()) return *detail::avx512_row_kernels();
       return avx2_runs() ? *detail::avx2_row_kernels() : detail::portable_row_kernels();
+    case CpuKernel::avx512:
+      if (!avx512_runs()) {
+        fail(ErrorCode::Unsupported,
+             "the AVX-512 quantization kernels need an x86-64 CPU with AVX-512 F, BW, VL and DQ");
+      }
+      return *detail::avx512_row_kernels();
     case CpuKernel::avx2:
       if (!avx2_runs()) {
         fail(ErrorCode::Unsupported,
@@ -225,7 +237,7 @@ bool cpu_quantize(const at::Tensor& x, QuantSpec spec, const RowKernels& k, at::
     if (!cpu_scales(x, spec, rows, k, s)) return false;
     const float scale = s[0];
     parallel_runs(0, n, n, [&](std::int64_t, std::int64_t first, std::int64_t count) {
-      encode(in + first * elem_bytes(e), count, scale, out + first);
+      encode(in + first * elem_bytes(e), count, scale, out + first, nullptr);
     });
     return true;
   }
@@ -241,7 +253,8 @@ bool cpu_quantize(const at::Tensor& x, QuantSpec spec, const RowKernels& k, at::
                          all_finite.store(false, std::memory_order_relaxed);
                          continue;
                        }
-                       encode(row, length, s[r], out + r * length);
+                       const std::byte* next = r + 1 < r1 ? row + length * elem_bytes(e) : nullptr;
+                       encode(row, length, s[r], out + r * length, next);
                      }
                    });
   return all_finite.load();
@@ -360,7 +373,14 @@ void check_out_dtype(at::ScalarType dtype, std::string_view name) {
 }  // namespace
 
 bool cpu_kernel_available(CpuKernel kernel) {
-  return kernel != CpuKernel::avx2 || avx2_runs();
+  switch (kernel) {
+    case CpuKernel::avx512:
+      return avx512_runs();
+    case CpuKernel::avx2:
+      return avx2_runs();
+    default:
+      return true;
+  }
 }
 
 std::string_view best_cpu_kernel_name() {

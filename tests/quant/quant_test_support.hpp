@@ -33,15 +33,27 @@ inline std::int64_t sweep_stride(std::int64_t sanitizer_stride) {
   return sanitizer_build() ? sanitizer_stride : 1;
 }
 
-/// The CPU kernels this machine runs (portable always, AVX2 where the CPU has it).
+/// The CPU kernels this machine runs (portable always, AVX2 and AVX-512 where the CPU has them).
 inline std::vector<CpuKernel> cpu_kernels() {
   std::vector<CpuKernel> kernels{CpuKernel::portable};
-  if (cpu_kernel_available(CpuKernel::avx2)) kernels.push_back(CpuKernel::avx2);
+  for (CpuKernel k : {CpuKernel::avx2, CpuKernel::avx512}) {
+    if (cpu_kernel_available(k)) kernels.push_back(k);
+  }
   return kernels;
 }
 
 inline const char* kernel_name(CpuKernel kernel) {
-  return kernel == CpuKernel::avx2 ? "avx2" : kernel == CpuKernel::portable ? "portable" : "best";
+  switch (kernel) {
+    case CpuKernel::avx512:
+      return "avx512";
+    case CpuKernel::avx2:
+      return "avx2";
+    case CpuKernel::portable:
+      return "portable";
+    case CpuKernel::best:
+      break;
+  }
+  return "best";
 }
 
 /// How two tensors of the same shape differ bit for bit.

@@ -158,6 +158,9 @@ TEMPLATE_TEST_CASE("Quantizer conformance", "[quant][conformance]", q::NoQuant, 
       with_nan[2][5] = std::numeric_limits<float>::quiet_NaN();
       expect_error(with_nan, apo::ErrorCode::InvalidArgument,
                    "NaN or infinite value (first: nan at [2, 5])");
+      at::Tensor bf16_nan = at::randn({3, 40}).to(at::kBFloat16);
+      bf16_nan[0][39] = std::numeric_limits<float>::quiet_NaN();
+      expect_error(bf16_nan, apo::ErrorCode::InvalidArgument, "first: nan at [0, 39]");
       at::Tensor with_inf = at::randn({4, 8}).to(at::kHalf);
       with_inf[3][0] = -std::numeric_limits<float>::infinity();
       with_inf[3][7] = std::numeric_limits<float>::infinity();

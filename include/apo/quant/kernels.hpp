@@ -3,9 +3,9 @@
 /// @file
 /// @brief The fused quantization kernels behind every Quantizer: scales in one pass, codes in
 /// one pass (per row, the row is still in cache for the second), dequantization in one pass. CPU
-/// kernels are vectorized (AVX2 on x86-64 when the CPU has it, otherwise portable code over
-/// ATen's Vectorized) and multithreaded with at::parallel_for; CUDA tensors go to CUDA kernels
-/// when apo is built with CUDA.
+/// kernels are vectorized (AVX-512 or AVX2 on x86-64 when the CPU has it, otherwise portable code
+/// over ATen's Vectorized) and multithreaded with at::parallel_for; CUDA tensors go to CUDA
+/// kernels when apo is built with CUDA.
 ///
 /// Numerics (the same in every kernel, and in reference.hpp's chain of libtorch ops):
 ///   scale = clamp(amax, kAmaxFloor, kAmaxCeiling) / max_value   (fp32, per row or per tensor)
@@ -22,14 +22,15 @@
 
 namespace apo::quant {
 
-/// @brief Which CPU kernel runs: the best this CPU has, or one named (for tests and
-/// benchmarks that compare them).
-enum class CpuKernel { best, avx2, portable };
+/// @brief Which CPU kernel runs: the best this CPU has (AVX-512, then AVX2, then portable), or
+/// one named (for tests and benchmarks that compare them).
+enum class CpuKernel { best, avx512, avx2, portable };
 
 /// @brief Whether this build and CPU can run `kernel` (portable and best always can).
 bool cpu_kernel_available(CpuKernel kernel);
 
-/// @brief The name of the kernel that `best` picks on this machine ("avx2" or "portable").
+/// @brief The name of the kernel that `best` picks on this machine ("avx512", "avx2" or
+/// "portable").
 std::string_view best_cpu_kernel_name();
 
 /// @brief Quantizes `x` (float32, float16 or bfloat16; CPU or CUDA; non-empty; finite) to
