@@ -154,6 +154,8 @@ TEMPLATE_TEST_CASE("Quantizer conformance", "[quant][conformance]", q::NoQuant, 
       expect_error(at::empty({0, 16}), apo::ErrorCode::InvalidArgument, "empty");
       expect_error(at::ones({4, 4}, at::kInt), apo::ErrorCode::InvalidArgument, "floating");
       expect_error(at::ones({4, 4}, at::kDouble), apo::ErrorCode::Unsupported, "Double");
+      expect_error(at::empty({4, 4}, at::TensorOptions().device(at::kMeta)),
+                   apo::ErrorCode::Unsupported, "tensor is on meta");
       at::Tensor with_nan = at::randn({4, 8});
       with_nan[2][5] = std::numeric_limits<float>::quiet_NaN();
       expect_error(with_nan, apo::ErrorCode::InvalidArgument,
