@@ -61,6 +61,15 @@ TEST_CASE("FakeClock moves only when advanced, and never backwards", "[clock]") 
   CHECK(clock.now() - start == std::chrono::milliseconds(250) + std::chrono::nanoseconds(4000));
 }
 
+TEST_CASE("FakeClock's wall time moves with it from its origin", "[clock]") {
+  const auto origin =
+      std::chrono::sys_days{std::chrono::year{2026} / 11 / 26} + std::chrono::hours(9);
+  apo::FakeClock clock(origin);
+  CHECK(clock.wall_now() == origin);
+  clock.advance(std::chrono::hours(3));
+  CHECK(clock.wall_now() == origin + std::chrono::hours(3));
+}
+
 TEST_CASE("SteadyClock is monotonic", "[clock]") {
   const apo::Clock& clock = apo::SteadyClock::instance();
   const auto a = clock.now();
