@@ -1,0 +1,90 @@
+#pragma once
+
+/// @file
+/// @brief Model-level quantization: which tensors of a state dict to quantize, which to keep,
+/// and a report of what it cost in quality and saved in bytes.
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "apo/quant/format.hpp"
+#include "apo/quant/qtensor.hpp"
+
+namespace apo::quant {
+
+/// @brief A state dict: names and tensors, in order.
+using NamedTensors = std::vector<std::pair<std::string, at::Tensor>>;
+
+/// @brief Names (ECMAScript regular expressions, searched anywhere in the name) of tensors kept
+/// in their source dtype by default: biases, norms, embeddings (token, positional, patch, time),
+/// and the input and output projections (the layers diffusers' layerwise casting also skips).
+std::vector<std::string> default_keep_patterns();
+
+/// @brief Which tensors to quantize, and how.
+struct QuantizationRules {
+  QuantSpec spec{QFormat::fp8_e4m3, Scaling::per_row};
+  /// A tensor is quantized only if its name matches one of these: the weights of linear and
+  /// convolution layers (which are also required to have two or more dimensions).
+  std::vector<std::string> quantize_patterns{R"(\.weight$)"};
+  /// ... and none of these.
+  std::vector<std::string> keep_patterns = default_keep_patterns();
+  /// ... and it has at least this many elements: smaller tensors save little.
+  std::int64_t min_elements = 65536;
+  /// Measure SNR, cosine similarity and max abs error of each quantized tensor (one dequantize
+  /// per tensor, freed before the next).
+  bool measure_error = true;
+};
+
+/// @brief What happened to one tensor.
+struct TensorReport {
+  std::string name;
+  bool quantized = false;
+  std::string reason;  ///< why kept, or "quantized"
+  QuantSpec spec;      ///< format none for kept tensors
+  at::ScalarType original_dtype = at::ScalarType::Float;
+  std::vector<std::int64_t> shape;
+  std::int64_t bytes_before = 0;
+  std::int64_t bytes_after = 0;  ///< data plus scales
+  /// 10 log10(sum x^2 / sum (x - x')^2); +infinity when exact (kept tensors), and for an
+  /// all-zero tensor.
+  double snr_db = 0;
+  double cosine_similarity = 1;  ///< of x and x'
+  double max_abs_error = 0;
+};
+
+/// @brief The report of a quantize_state_dict call.
+struct QuantizationReport {
+  std::vector<TensorReport> tensors;
+  std::int64_t bytes_before = 0;
+  std::int64_t bytes_after = 0;
+  int quantized_count = 0;
+  int kept_count = 0;
+  double min_snr_db = 0;              ///< over quantized tensors (+infinity if none)
+  double mean_snr_db = 0;             ///< over quantized tensors with finite SNR
+  double min_cosine_similarity = 1;   ///< over quantized tensors
+  double max_abs_error = 0;           ///< over all tensors
+
+  /// @brief One line per tensor and a totals line, for terminals and logs.
+  std::string to_table() const;
+  /// @brief {"tensors": [...], "totals": {...}}; infinite SNR is written as null.
+  std::string to_json() const;
+};
+
+/// @brief A quantized state dict: every input tensor, in order (kept ones as format none,
+/// holding the input tensor itself), and the report.
+struct QuantizedStateDict {
+  std::vector<QTensor> tensors;
+  QuantizationReport report;
+};
+
+/// @brief Quantizes the tensors `rules` select and keeps the rest. Throws apo::Error naming the
+/// tensor for NaN or infinity in a tensor it quantizes, and naming the pattern for an invalid
+/// regular expression. Non-floating tensors (integer buffers) are kept.
+QuantizedStateDict quantize_state_dict(const NamedTensors& state_dict,
+                                       const QuantizationRules& rules = {});
+
+}  // namespace apo::quant

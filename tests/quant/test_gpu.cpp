@@ -1,0 +1,158 @@
+// The CUDA kernels against the CPU kernels (themselves bit-exact with PyTorch), qlinear's CUDA
+// paths against dequantize-then-linear, and the torch operators on CUDA tensors. Tagged [gpu]:
+// ctest leaves them out; benchmarks/gpu/run.sh runs them on a GPU machine. Each REQUIREs a CUDA
+// device, so it fails rather than passes where there is none.
+
+#include <ATen/ATen.h>
+#include <ATen/Context.h>
+#include <ATen/core/dispatch/Dispatcher.h>
+
+#include <catch2/catch.hpp>
+
+#include <string>
+
+#include "apo/core/machine.hpp"
+#include "apo/quant/kernels.hpp"
+#include "apo/quant/qlinear.hpp"
+#include "apo/quant/reference.hpp"
+#include "quant_test_support.hpp"
+
+namespace q = apo::quant;
+using q::QFormat;
+using q::Scaling;
+
+namespace {
+
+const at::Device kGpu(at::kCUDA, 0);
+
+int gpu_compute_capability() {
+  const apo::MachineInfo machine = apo::probe_machine();
+  REQUIRE_FALSE(machine.cuda_devices.empty());
+  return machine.cuda_devices.front().compute_capability();
+}
+
+const q::QuantSpec kScaledSpecs[] = {
+    {QFormat::fp8_e4m3, Scaling::per_row}, {QFormat::fp8_e4m3, Scaling::per_tensor},
+    {QFormat::fp8_e5m2, Scaling::per_row}, {QFormat::fp8_e5m2, Scaling::per_tensor},
+    {QFormat::int8, Scaling::per_row},     {QFormat::int8, Scaling::per_tensor},
+};
+
+double relative_gap(const at::Tensor& a, const at::Tensor& b) {
+  const at::Tensor x = a.to(at::kCPU).to(at::kDouble);
+  const at::Tensor y = b.to(at::kCPU).to(at::kDouble);
+  return (x - y).abs().max().item<double>() / std::max(y.abs().max().item<double>(), 1e-30);
+}
+
+}  // namespace
+
+TEST_CASE("CUDA quantize and dequantize match the CPU kernels bit for bit", "[quant][gpu]") {
+  REQUIRE(at::hasCUDA());
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(9);
+  at::Tensor base = at::randn({129, 1031}, gen) * at::exp(at::randn({129, 1}, gen) * 3.0);
+  base[7].zero_();
+  for (at::ScalarType dtype : {at::kFloat, at::kHalf, at::kBFloat16}) {
+    const at::Tensor x = base.to(dtype);
+    for (q::QuantSpec spec : kScaledSpecs) {
+      const q::QTensor cpu = q::quantize(x, spec, "w");
+      const q::QTensor gpu = q::quantize(x.to(kGpu), spec, "w");
+      CHECK(gpu.device() == kGpu);
+      const auto scales = q::test::bit_diff(gpu.scales().cpu(), cpu.scales());
+      const auto codes = q::test::bit_diff(gpu.data().cpu(), cpu.data(), x);
+      INFO(q::to_string(spec) << " from " << c10::toString(dtype) << ": scales " << scales.text
+                              << "; codes " << codes.text);
+      CHECK(scales.mismatches == 0);
+      CHECK(codes.mismatches == 0);
+      for (at::ScalarType out : {at::kFloat, at::kHalf, at::kBFloat16}) {
+        const auto values = q::test::bit_diff(gpu.dequantize(out).cpu(), cpu.dequantize(out));
+        INFO("dequantize to " << c10::toString(out) << ": " << values.text);
+        CHECK(values.mismatches == 0);
+      }
+    }
+  }
+}
+
+TEST_CASE("CUDA encoders match PyTorch on every fp16 and bf16 value", "[quant][gpu]") {
+  REQUIRE(at::hasCUDA());
+  for (auto [format, dtype, max_value] :
+       {std::tuple{QFormat::fp8_e4m3, at::kFloat8_e4m3fn, 448.0f},
+        std::tuple{QFormat::fp8_e5m2, at::kFloat8_e5m2, 57344.0f}}) {
+    for (at::ScalarType source : {at::kHalf, at::kBFloat16}) {
+      const at::Tensor values = at::cat({q::test::all_finite_16bit(source).clamp(-max_value, max_value),
+                                         at::tensor({max_value, -max_value}).to(source)});
+      const q::QTensor gpu = q::quantize(values.to(kGpu), {format, Scaling::per_tensor}, "sweep");
+      REQUIRE(gpu.scales().cpu().item<float>() == 1.0f);
+      const auto diff = q::test::bit_diff(gpu.data().cpu(), values.to(at::kFloat).to(dtype), values);
+      INFO(q::to_string(format) << " from " << c10::toString(source) << ": " << diff.text);
+      CHECK(diff.mismatches == 0);
+    }
+  }
+}
+
+TEST_CASE("CUDA quantize reports NaN by tensor name", "[quant][gpu]") {
+  REQUIRE(at::hasCUDA());
+  at::Tensor x = at::randn({8, 64});
+  x[5][9] = std::numeric_limits<float>::quiet_NaN();
+  try {
+    (void)q::quantize(x.to(kGpu), {QFormat::fp8_e4m3, Scaling::per_row}, "blocks.1.attn.to_v.weight");
+    FAIL("no error");
+  } catch (const apo::Error& e) {
+    CHECK(e.context() == "blocks.1.attn.to_v.weight");
+    CHECK(std::string(e.what()).find("first: nan at [5, 9]") != std::string::npos);
+  }
+}
+
+TEST_CASE("qlinear on CUDA: _scaled_mm where the device has fp8 GEMMs, tiles otherwise",
+          "[quant][gpu]") {
+  REQUIRE(at::hasCUDA());
+  const int capability = gpu_compute_capability();
+  const at::Tensor w = at::randn({512, 256}) * 0.05;
+  const at::Tensor bias = at::randn({512});
+  for (at::ScalarType dtype : {at::kBFloat16, at::kFloat}) {
+    const at::Tensor x = at::randn({64, 256}).to(dtype).to(kGpu);
+    for (q::QuantSpec spec : {q::QuantSpec{QFormat::fp8_e4m3, Scaling::per_tensor},
+                              q::QuantSpec{QFormat::fp8_e4m3, Scaling::per_row},
+                              q::QuantSpec{QFormat::fp8_e5m2, Scaling::per_tensor},
+                              q::QuantSpec{QFormat::int8, Scaling::per_row}}) {
+      const q::QTensor qw = q::quantize(w.to(kGpu), spec, "w");
+      const q::QLinearPlan plan = q::plan_qlinear(x, qw);
+      const at::Tensor y = q::qlinear(x, qw, bias.to(kGpu));
+      const at::Tensor expected = at::linear(x, qw.dequantize(dtype), bias.to(kGpu).to(dtype));
+      const double gap = relative_gap(y, expected);
+      INFO(q::to_string(spec) << ", x " << c10::toString(dtype) << ", sm " << capability << ": "
+                              << plan.reason << "; max |qlinear - dequantize+linear| / max |y| = "
+                              << gap);
+      CHECK(y.device() == kGpu);
+      CHECK(y.scalar_type() == dtype);
+      const bool fp8_gemm = capability >= 89 && spec.format != QFormat::int8 &&
+                            (spec.scaling == Scaling::per_tensor ||
+                             (capability >= 90 && dtype == at::kBFloat16 && spec.format == QFormat::fp8_e4m3));
+      CHECK((plan.path == q::QLinearPath::cuda_scaled_mm) == fp8_gemm);
+      // _scaled_mm also quantizes x to E4M3 (about 2^-4 relative error per element); the tiled
+      // path only rounds differently.
+      CHECK(gap <= (fp8_gemm ? 0.08 : (dtype == at::kFloat ? 1e-5 : 2e-2)));
+      const at::Tensor tiled = q::qlinear(x, qw, bias.to(kGpu), {.allow_scaled_mm = false});
+      CHECK(relative_gap(tiled, expected) <= (dtype == at::kFloat ? 1e-5 : 2e-2));
+    }
+  }
+}
+
+TEST_CASE("the torch operators run on CUDA tensors", "[quant][gpu]") {
+  REQUIRE(at::hasCUDA());
+  const auto quantize =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("apo::quantize", "")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, c10::string_view,
+                                                    std::optional<c10::string_view>)>();
+  const auto qlinear =
+      c10::Dispatcher::singleton()
+          .findSchemaOrThrow("apo::qlinear", "")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                            c10::string_view, const std::optional<at::Tensor>&)>();
+  const at::Tensor w = at::randn({64, 128});
+  const auto [codes, scale] = quantize.call(w.to(kGpu), "fp8_e4m3", std::nullopt);
+  const q::QTensor reference = q::quantize(w, {QFormat::fp8_e4m3, Scaling::per_row}, "w");
+  CHECK(q::test::bit_diff(codes.cpu(), reference.data()).mismatches == 0);
+  const at::Tensor x = at::randn({16, 128}).to(kGpu);
+  const at::Tensor y = qlinear.call(x, codes, scale, "fp8_e4m3", std::nullopt);
+  CHECK(relative_gap(y, at::linear(x, reference.dequantize().to(kGpu))) <= 0.08);
+}
