@@ -1,0 +1,185 @@
+// The torch side of apo::memory: pooled DataPtrs, pooled tensors, the CPU allocation scope and
+// the device-cache hook. The one translation unit of the area that includes libtorch.
+
+#include "apo/memory/torch_allocator.hpp"
+
+#include <cstring>
+#include <limits>
+
+#include <ATen/DeviceAccelerator.h>
+#include <c10/core/Storage.h>
+#include <c10/core/TensorImpl.h>
+#include <c10/core/TensorOptions.h>
+#include <fmt/ranges.h>
+#include <torch/version.h>
+
+#include "apo/memory/cuda_resources.hpp"
+
+namespace apo::memory {
+
+namespace {
+
+c10::Device device_of(const MemorySpace& space) {
+  if (space.kind == MemoryKind::device) {
+    return c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(space.device));
+  }
+  return c10::Device(c10::DeviceType::CPU);
+}
+
+// The context of a pooled DataPtr: a share of the resource, so that it outlives the block.
+struct PooledBlock {
+  AnyResource resource;
+  void* ptr;
+  std::int64_t bytes;
+  std::int64_t alignment;
+};
+
+void return_block(void* context) {
+  auto* block = static_cast<PooledBlock*>(context);
+  block->resource.deallocate(block->ptr, block->bytes, block->alignment);
+  delete block;
+}
+
+// Installed once as torch's CPU allocator: serves the calling thread's innermost scope, or
+// forwards to the allocator it replaced. Never destroyed: torch keeps raw pointers to it in
+// every storage it allocated.
+class ScopedCpuAllocator final : public c10::Allocator {
+ public:
+  explicit ScopedCpuAllocator(c10::Allocator* fallback) : fallback_(fallback) {}
+
+  c10::DataPtr allocate(std::size_t bytes) override {
+    if (PoolAllocator* scope = current) return scope->allocate(bytes);
+    return fallback_->allocate(bytes);
+  }
+  void copy_data(void* destination, const void* source, std::size_t bytes) const override {
+    if (bytes != 0) std::memcpy(destination, source, bytes);
+  }
+  // Outside scopes every DataPtr is the fallback's, so its raw deleter stays valid there.
+  c10::DeleterFnPtr raw_deleter() const override { return fallback_->raw_deleter(); }
+
+  static inline thread_local PoolAllocator* current = nullptr;  // the innermost scope's
+
+ private:
+  c10::Allocator* fallback_;
+};
+
+void install_scoped_cpu_allocator() {
+  static ScopedCpuAllocator* const installed = [] {
+    auto* allocator = new ScopedCpuAllocator(c10::GetAllocator(c10::DeviceType::CPU));
+    c10::SetAllocator(c10::DeviceType::CPU, allocator, std::numeric_limits<std::uint8_t>::max());
+    return allocator;
+  }();
+  if (c10::GetAllocator(c10::DeviceType::CPU) != installed) {
+    fail(ErrorCode::Unsupported,
+         "CpuAllocationScope: another CPU allocator replaced apo's, so torch's CPU allocations "
+         "cannot be routed to a pool");
+  }
+}
+
+}  // namespace
+
+PoolAllocator::PoolAllocator(AnyResource resource, std::int64_t alignment)
+    : resource_(std::move(resource)), alignment_(alignment), device_(device_of(resource_.space())) {
+  check_request(0, alignment, "PoolAllocator");
+}
+
+c10::DataPtr PoolAllocator::allocate(std::size_t bytes) {
+  if (bytes > static_cast<std::size_t>(kMaxAllocationBytes)) {
+    check_request(kMaxAllocationBytes + 1, alignment_, "PoolAllocator");  // throws OutOfMemory
+  }
+  const auto size = static_cast<std::int64_t>(bytes);
+  void* ptr = resource_.allocate(size, alignment_);
+  if (ptr == nullptr) return c10::DataPtr(nullptr, device_);
+  PooledBlock* block = nullptr;
+  try {
+    block = new PooledBlock{resource_, ptr, size, alignment_};
+  } catch (...) {
+    resource_.deallocate(ptr, size, alignment_);
+    throw;
+  }
+  return c10::DataPtr(ptr, block, &return_block, device_);
+}
+
+void PoolAllocator::copy_data(void* destination, const void* source, std::size_t bytes) const {
+  if (bytes == 0) return;
+  if (device_.is_cuda()) {
+    cuda_copy(destination, source, static_cast<std::int64_t>(bytes));
+  } else {
+    std::memcpy(destination, source, bytes);
+  }
+}
+
+at::Tensor empty_from(const AnyResource& resource, at::IntArrayRef sizes, at::ScalarType dtype) {
+  std::int64_t elements = 1;
+  for (const std::int64_t size : sizes) {
+    if (size < 0) {
+      fail(ErrorCode::InvalidArgument, "empty_from: negative dimension {} in sizes {}", size,
+           fmt::join(sizes.begin(), sizes.end(), "x"));
+    }
+    if (size != 0 && elements > kMaxAllocationBytes / size) {
+      fail(ErrorCode::OutOfMemory, "empty_from: sizes {} hold more elements than any resource",
+           fmt::join(sizes.begin(), sizes.end(), "x"));
+    }
+    elements *= size;
+  }
+  const auto element_bytes = static_cast<std::int64_t>(c10::elementSize(dtype));
+  if (elements > kMaxAllocationBytes / element_bytes) {
+    fail(ErrorCode::OutOfMemory, "empty_from: sizes {} of {} exceed any resource",
+         fmt::join(sizes.begin(), sizes.end(), "x"), c10::toString(dtype));
+  }
+  const std::int64_t bytes = elements * element_bytes;
+
+  PoolAllocator allocator(resource);
+  c10::Storage storage(c10::Storage::use_byte_size_t{}, bytes,
+                       allocator.allocate(static_cast<std::size_t>(bytes)),
+                       /*allocator=*/nullptr, /*resizable=*/false);
+  const c10::DispatchKeySet keys(c10::computeDispatchKey(dtype, c10::kStrided, allocator.device()));
+  at::Tensor tensor = at::detail::make_tensor<c10::TensorImpl>(
+      std::move(storage), keys, caffe2::TypeMeta::fromScalarType(dtype));
+  tensor.unsafeGetTensorImpl()->set_sizes_contiguous(sizes);
+  return tensor;
+}
+
+CpuAllocationScope::CpuAllocationScope(AnyResource resource)
+    : allocator_(std::move(resource)), previous_(ScopedCpuAllocator::current) {
+  if (!allocator_.device().is_cpu()) {
+    fail(ErrorCode::InvalidArgument,
+         "CpuAllocationScope: the resource holds {} memory; torch's CPU allocations need host "
+         "memory",
+         to_string(allocator_.resource().space()));
+  }
+  install_scoped_cpu_allocator();
+  ScopedCpuAllocator::current = &allocator_;
+}
+
+CpuAllocationScope::~CpuAllocationScope() {
+  ScopedCpuAllocator::current = previous_;
+}
+
+CleanupHook torch_device_cache_hook() {
+#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+  return [](const CleanupContext& context) -> std::int64_t {
+    if (!context.aggressive && context.reason != CleanupReason::requested) return 0;
+    const auto accelerator = at::accelerator::getAccelerator(/*checked=*/false);
+    if (!accelerator) return 0;
+    const auto reserved = [&] {
+      std::int64_t total = 0;
+      const auto aggregate =
+          static_cast<std::size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
+      for (c10::DeviceIndex i = 0; i < at::accelerator::deviceCount(); ++i) {
+        total += at::accelerator::getDeviceStats(i).reserved_bytes[aggregate].current;
+      }
+      return total;
+    };
+    const std::int64_t before = reserved();
+    at::accelerator::emptyCache();
+    return before - reserved();
+  };
+#else
+  fail(ErrorCode::Unsupported,
+       "torch_device_cache_hook: needs libtorch 2.9 or newer (this is {}.{})", TORCH_VERSION_MAJOR,
+       TORCH_VERSION_MINOR);
+#endif
+}
+
+}  // namespace apo::memory
