@@ -15,7 +15,10 @@
 #include "apo/core/config.hpp"
 #include "apo/core/machine.hpp"
 #include "apo/models/compression.hpp"
+#include "apo/models/model.hpp"
 #include "apo/models/safetensors.hpp"
+#include "apo/quant/precision.hpp"
+#include "apo/quant/state_dict.hpp"
 #include "apo/tune/presets.hpp"
 #include "apo/version.hpp"
 
@@ -213,6 +216,60 @@ int run_models_compress(const std::string& input, std::optional<std::string> out
   return 0;
 }
 
+// Quantizes a model file: "auto" picks the best format that fits this machine's memory (device
+// 0's budget, else the host's), as the engine would.
+int run_models_quantize(const std::string& input, const std::string& output,
+                        const std::string& format_name, const std::string& scaling_name,
+                        const std::vector<std::string>& keep, bool as_json) {
+  const auto file = apo::models::SafetensorsFile::open(input);
+  apo::quant::NamedTensors tensors;
+  for (const auto& entry : file.tensors()) tensors.emplace_back(entry.name, file.view(entry.name));
+  apo::quant::QuantizationRules rules;
+  for (const auto& pattern : keep) rules.keep_patterns.push_back(pattern);
+  const auto scaling = apo::quant::parse_scaling(scaling_name);
+  if (!scaling || *scaling == apo::quant::Scaling::none) {
+    fmt::print(stderr, "apo: unknown scaling \"{}\" (expected per_row or per_tensor)\n",
+               scaling_name);
+    return kExitUsage;
+  }
+  std::string why;
+  if (format_name == "auto") {
+    const apo::MachineInfo machine = apo::probe_machine();
+    const std::int64_t available = machine.cuda_devices.empty()
+                                       ? machine.memory.available_bytes
+                                       : machine.cuda_devices.front().free_bytes;
+    apo::PerformanceOptimization performance;
+    performance.model_precision = apo::Precision::automatic;
+    performance.enable_quantization = true;
+    const auto choice = apo::quant::choose_precision(
+        performance, apo::quant::footprint_of(tensors, rules), available);
+    rules.spec = choice.spec;
+    why = choice.reason;
+  } else {
+    const auto format = apo::quant::parse_format(format_name);
+    if (!format || *format == apo::quant::QFormat::none) {
+      fmt::print(stderr,
+                 "apo: unknown format \"{}\" (expected fp8_e4m3, fp8_e5m2, int8, fp16, "
+                 "bf16 or auto)\n",
+                 format_name);
+      return kExitUsage;
+    }
+    rules.spec = {*format,
+                  apo::quant::traits(*format).scaled ? *scaling : apo::quant::Scaling::none};
+  }
+  const auto quantized = apo::quant::quantize_state_dict(tensors, rules);
+  apo::models::write_model_weights(output, quantized.tensors, file.metadata());
+  if (as_json) {
+    fmt::print("{}\n", quantized.report.to_json());
+    return 0;
+  }
+  if (!why.empty()) fmt::print("auto: {}\n", why);
+  fmt::print("{}", quantized.report.to_table());
+  fmt::print("wrote {} ({} -> {})\n", output, apo::format_bytes(quantized.report.bytes_before),
+             apo::format_bytes(quantized.report.bytes_after));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -274,6 +331,20 @@ int main(int argc, char** argv) {
   compress->add_option("--level", level, "zstd 1-19 (default 3), xz 0-9 (default 6)");
   compress->add_option("--threads", threads, "Compression threads (default: one per core)");
 
+  std::string quantized_file;
+  std::string format = "fp8_e4m3";
+  std::string scaling = "per_row";
+  std::vector<std::string> keep;
+  auto* quantize = models->add_subcommand(
+      "quantize", "Write a quantized copy (scales beside the weights) that apo loads as is");
+  quantize->add_option("input", model_file, "A .safetensors file")->required();
+  quantize->add_option("output", quantized_file, "Where to write the quantized file")->required();
+  quantize->add_option("--format", format,
+                       "fp8_e4m3 (default), fp8_e5m2, int8, fp16, bf16 or auto");
+  quantize->add_option("--scaling", scaling, "per_row (default) or per_tensor");
+  quantize->add_option("--keep", keep, "Also keep tensors matching this regex (repeatable)");
+  quantize->add_flag("--json", as_json, "Print the report as JSON");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
@@ -289,6 +360,9 @@ int main(int argc, char** argv) {
     if (*show) return run_config_show(show_files, show_presets, overrides);
     if (*inspect) return run_models_inspect(model_file, as_json);
     if (*compress) return run_models_compress(model_file, compressed_file, codec, level, threads);
+    if (*quantize) {
+      return run_models_quantize(model_file, quantized_file, format, scaling, keep, as_json);
+    }
   } catch (const apo::ConfigError& error) {
     print_problems(error);
     return kExitProblems;

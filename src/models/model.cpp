@@ -7,6 +7,7 @@
 #include <nlohmann/json.hpp>
 
 #include "apo/core/error.hpp"
+#include "apo/memory/torch_allocator.hpp"
 #include "apo/models/safetensors.hpp"
 #include "apo/quant/kernels.hpp"
 
@@ -55,13 +56,21 @@ at::Tensor Model::dense(std::string_view name, std::optional<at::ScalarType> dty
   return weight(name).dequantize(dtype);
 }
 
-Model Model::to(c10::Device device) const {
+Model Model::to(c10::Device device, const memory::AnyResource* host_memory) const {
+  auto copy = [&](const at::Tensor& t) -> at::Tensor {
+    if (!t.defined()) return t;
+    if (device.is_cpu() && host_memory != nullptr) {
+      at::Tensor out = memory::empty_from(*host_memory, t.sizes(), t.scalar_type());
+      out.copy_(t);
+      return out;
+    }
+    return t.to(device, /*non_blocking=*/false, /*copy=*/true);
+  };
   std::vector<quant::QTensor> moved;
   moved.reserve(weights_.size());
   for (const quant::QTensor& w : weights_) {
-    moved.push_back(quant::QTensor::from_parts(
-        w.name(), w.data().to(device), w.scales().defined() ? w.scales().to(device) : at::Tensor(),
-        w.format(), w.scaling(), w.original_dtype()));
+    moved.push_back(quant::QTensor::from_parts(w.name(), copy(w.data()), copy(w.scales()),
+                                               w.format(), w.scaling(), w.original_dtype()));
   }
   return Model(path_, kind_, precision_, std::move(moved));
 }

@@ -14,6 +14,9 @@
 
 #include "apo/core/error.hpp"
 #include "apo/core/units.hpp"
+#include "apo/memory/caching_pool.hpp"
+#include "apo/memory/cuda_resources.hpp"
+#include "apo/memory/host_resource.hpp"
 #include "apo/models/lora.hpp"
 #include "apo/models/safetensors.hpp"
 #include "apo/quant/kernels.hpp"
@@ -109,8 +112,23 @@ struct ModelMutation {
   }
 };
 
+// Pinned host memory when the cache serves CUDA devices (copies to them then run at full
+// speed), plain host memory otherwise.
+std::shared_ptr<memory::CachingPool> make_host_pool(const ModelCacheOptions& options) {
+  const bool serves_cuda = std::any_of(options.device_budgets.begin(), options.device_budgets.end(),
+                                       [](const auto& budget) { return budget.first.is_cuda(); });
+  if (serves_cuda && memory::cuda_device_available()) {
+    return std::make_shared<memory::CachingPool>(memory::PinnedHostResource());
+  }
+  return std::make_shared<memory::CachingPool>(memory::HostResource());
+}
+
 struct CacheState {
-  CacheState(ModelCacheOptions o, const Clock& c) : options(std::move(o)), clock(c) {}
+  CacheState(ModelCacheOptions o, const Clock& c)
+      : options(std::move(o)),
+        clock(c),
+        host_pool(make_host_pool(options)),
+        host_memory(host_pool) {}
 
   ModelCacheOptions options;
   const Clock& clock;
@@ -119,6 +137,10 @@ struct CacheState {
   std::map<std::string, Tier> tiers;  // by device string: "cpu", "cuda:0"
   CacheStats stats;
   bool closed = false;
+  // Host-tier and cpu:0 copies come from this pool (pinned when CUDA devices are in use), so
+  // tier moves reuse memory instead of faulting fresh pages in.
+  std::shared_ptr<memory::CachingPool> host_pool;
+  memory::AnyResource host_memory;
   std::map<std::string, std::shared_ptr<const LoraAdapter>> adapters;
   std::unique_ptr<LoaderPool> pool;  // last member: its threads stop before the rest goes
 
@@ -420,7 +442,8 @@ void evict(CacheState& s, c10::Device tier_device, const std::shared_ptr<Instanc
   auto demoted = std::make_shared<Instance>();
   demoted->id = victim->id;
   demoted->kind = victim->kind;
-  demoted->model = std::make_shared<Model>(victim->model->to(c10::Device(c10::kCPU)));
+  demoted->model =
+      std::make_shared<Model>(victim->model->to(c10::Device(c10::kCPU), &s.host_memory));
   demoted->bytes = demoted->model->bytes();
   demoted->state = Instance::State::ready;
   demoted->last_used = victim->last_used;
@@ -640,7 +663,7 @@ Lease ModelCache::acquire_now(const ModelRef& ref, c10::Device device,
     std::exception_ptr error;
     try {
       if (source) {
-        model = std::make_shared<Model>(source->model->to(tier_device));
+        model = std::make_shared<Model>(source->model->to(tier_device, &s.host_memory));
       } else {
         quant::QuantizationRules rules = s.options.rules;
         rules.spec = plan.spec;
@@ -649,7 +672,7 @@ Lease ModelCache::acquire_now(const ModelRef& ref, c10::Device device,
         if (is_host(tier_device)) {
           model = host;
         } else {
-          model = std::make_shared<Model>(host->to(tier_device));
+          model = std::make_shared<Model>(host->to(tier_device, &s.host_memory));
           if (s.options.keep_host_copy) host_copy = std::move(host);
         }
       }
@@ -743,6 +766,8 @@ std::int64_t ModelCache::release_unused() {
     }
   }
   state_->changed.notify_all();
+  // What the dropped models held goes back to the system, not just to the pool.
+  state_->host_pool->release();
   return freed;
 }
 

@@ -15,6 +15,7 @@
 #include <c10/core/Device.h>
 
 #include "apo/core/config.hpp"
+#include "apo/memory/resource.hpp"
 #include "apo/quant/qtensor.hpp"
 #include "apo/quant/state_dict.hpp"
 
@@ -93,8 +94,9 @@ class Model {
   /// @brief The weight dequantized to its source dtype (or `dtype`).
   at::Tensor dense(std::string_view name, std::optional<at::ScalarType> dtype = std::nullopt) const;
 
-  /// @brief The same weights on another device.
-  Model to(c10::Device device) const;
+  /// @brief A copy of the weights on `device`. Host copies come from `host_memory` when given
+  /// (a pool, pinned where CUDA is present, so copies reuse memory and move at full speed).
+  Model to(c10::Device device, const memory::AnyResource* host_memory = nullptr) const;
 
  private:
   friend struct detail::ModelMutation;

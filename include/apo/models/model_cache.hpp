@@ -170,8 +170,8 @@ class ModelCache {
   };
   Preload preload(const UsagePredictor& predictor, int hour, double threshold);
 
-  /// @brief Drops every unleased instance from every tier; returns the bytes freed (a
-  /// MemoryManager cleanup hook).
+  /// @brief Drops every unleased instance from every tier and returns the host pool's free memory
+  /// to the system; returns the bytes the instances held (a MemoryManager cleanup hook).
   std::int64_t release_unused();
 
   CacheStats stats() const;
