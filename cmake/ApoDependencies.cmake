@@ -31,6 +31,11 @@ get_filename_component(APO_TORCH_LIBRARY_DIR "${TORCH_LIBRARY}" DIRECTORY)
 find_package(fmt REQUIRED)
 find_package(nlohmann_json 3.9 REQUIRED)
 find_package(CLI11 2.1 REQUIRED)
+# OpenMP, so that at::parallel_for in apo's own kernels runs in parallel (src/CMakeLists.txt).
+find_package(OpenMP COMPONENTS CXX)
+# Model file compression: zstd (apo's codec) and xz (the guide's lzma, for comparison).
+find_package(zstd 1.4 CONFIG REQUIRED)
+find_package(LibLZMA 5.2 REQUIRED)
 
 if(APO_BUILD_PYTHON)
   set(PYBIND11_FINDPYTHON ON)

@@ -18,7 +18,8 @@ sudo_if_needed() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
-packages=(cmake ninja-build g++ libfmt-dev nlohmann-json3-dev catch2 libcli11-dev pybind11-dev)
+packages=(cmake ninja-build g++ libfmt-dev nlohmann-json3-dev catch2 libcli11-dev pybind11-dev
+  libzstd-dev liblzma-dev clang libclang-rt-14-dev)
 python_include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$python_include/Python.h" ] || packages+=(python3-dev)
 missing=()
@@ -36,7 +37,10 @@ if ! "$PYTHON" -c 'import torch' 2>/dev/null; then
   echo "setup: installing torch==2.13.0 for $PYTHON"
   "$PYTHON" -m pip install -q torch==2.13.0
 fi
-"$PYTHON" -c 'import pytest' 2>/dev/null || "$PYTHON" -m pip install -q pytest
+# pytest runs the Python tests; safetensors (no torch dependency) is the interop reference.
+for module in pytest safetensors; do
+  "$PYTHON" -c "import $module" 2>/dev/null || "$PYTHON" -m pip install -q "$module"
+done
 
 for preset in "$@"; do
   cmake --preset "$preset" -DPython_EXECUTABLE="$PYTHON" >/dev/null

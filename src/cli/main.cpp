@@ -1,5 +1,6 @@
 // The apo command line: probe the machine, recommend a configuration, check and show configs.
 
+#include <chrono>
 #include <cstdio>
 #include <iostream>
 #include <optional>
@@ -13,6 +14,11 @@
 
 #include "apo/core/config.hpp"
 #include "apo/core/machine.hpp"
+#include "apo/models/compression.hpp"
+#include "apo/models/model.hpp"
+#include "apo/models/safetensors.hpp"
+#include "apo/quant/precision.hpp"
+#include "apo/quant/state_dict.hpp"
 #include "apo/tune/presets.hpp"
 #include "apo/version.hpp"
 
@@ -150,6 +156,120 @@ int run_presets(bool as_json) {
   return 0;
 }
 
+int run_models_inspect(const std::string& path, bool as_json) {
+  const auto file = apo::models::SafetensorsFile::open(path);
+  std::int64_t total = 0;
+  for (const auto& t : file.tensors()) total += t.bytes();
+  const std::string codec = file.codec() ? std::string(apo::models::to_string(*file.codec())) : "";
+  if (as_json) {
+    Json out;
+    out["path"] = file.path();
+    out["stored_bytes"] = file.stored_bytes();
+    out["codec"] = file.codec() ? Json(codec) : Json(nullptr);
+    out["header_bytes"] = file.header().header_bytes;
+    out["tensor_bytes"] = total;
+    out["metadata"] = file.metadata();
+    out["tensors"] = Json::array();
+    for (const auto& t : file.tensors()) {
+      out["tensors"].push_back({{"name", t.name},
+                                {"dtype", apo::models::to_string(t.dtype)},
+                                {"shape", t.shape},
+                                {"bytes", t.bytes()},
+                                {"data_offsets", {t.data_begin, t.data_end}}});
+    }
+    fmt::print("{}\n", out.dump(2));
+    return 0;
+  }
+  fmt::print("{}: {} tensors, {} of data, {} stored{}\n", file.path(), file.tensors().size(),
+             apo::format_bytes(total), apo::format_bytes(file.stored_bytes()),
+             codec.empty() ? "" : " (" + codec + ")");
+  for (const auto& [key, value] : file.metadata()) fmt::print("  metadata {} = {}\n", key, value);
+  for (const auto& t : file.tensors()) {
+    fmt::print("  {:<48} {:<8} {:<20} {:>12}\n", t.name, apo::models::to_string(t.dtype),
+               fmt::format("[{}]", fmt::join(t.shape, ", ")), apo::format_bytes(t.bytes()));
+  }
+  return 0;
+}
+
+int run_models_compress(const std::string& input, std::optional<std::string> output,
+                        const std::string& codec_name, std::optional<int> level, int threads) {
+  const auto codec = apo::models::parse_codec(codec_name);
+  if (!codec) {
+    fmt::print(stderr, "apo: unknown codec \"{}\" (expected zstd or xz)\n", codec_name);
+    return kExitUsage;
+  }
+  const std::string target = output.value_or(input + std::string(apo::models::file_suffix(*codec)));
+  const auto report = apo::models::compress_file(
+      input, target, {.codec = *codec, .level = level, .threads = threads});
+  // Loading decompresses: time it too, as that is what every later start pays.
+  const auto start = std::chrono::steady_clock::now();
+  const auto file = apo::models::SafetensorsFile::open(target);
+  const double load_s =
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  const double mb = static_cast<double>(report.input_bytes) / 1e6;
+  fmt::print(
+      "{} -> {} ({}): {} -> {}, ratio {:.3f}; compress {:.1f} MB/s, load {:.1f} MB/s, "
+      "{} tensors\n",
+      input, target, apo::models::to_string(*codec), apo::format_bytes(report.input_bytes),
+      apo::format_bytes(report.output_bytes), report.ratio(), mb / report.seconds, mb / load_s,
+      file.tensors().size());
+  return 0;
+}
+
+// Quantizes a model file: "auto" picks the best format that fits this machine's memory (device
+// 0's budget, else the host's), as the engine would.
+int run_models_quantize(const std::string& input, const std::string& output,
+                        const std::string& format_name, const std::string& scaling_name,
+                        const std::vector<std::string>& keep, bool as_json) {
+  const auto file = apo::models::SafetensorsFile::open(input);
+  apo::quant::NamedTensors tensors;
+  for (const auto& entry : file.tensors()) tensors.emplace_back(entry.name, file.view(entry.name));
+  apo::quant::QuantizationRules rules;
+  for (const auto& pattern : keep) rules.keep_patterns.push_back(pattern);
+  const auto scaling = apo::quant::parse_scaling(scaling_name);
+  if (!scaling || *scaling == apo::quant::Scaling::none) {
+    fmt::print(stderr, "apo: unknown scaling \"{}\" (expected per_row or per_tensor)\n",
+               scaling_name);
+    return kExitUsage;
+  }
+  std::string why;
+  if (format_name == "auto") {
+    const apo::MachineInfo machine = apo::probe_machine();
+    const std::int64_t available = machine.cuda_devices.empty()
+                                       ? machine.memory.available_bytes
+                                       : machine.cuda_devices.front().free_bytes;
+    apo::PerformanceOptimization performance;
+    performance.model_precision = apo::Precision::automatic;
+    performance.enable_quantization = true;
+    const auto choice = apo::quant::choose_precision(
+        performance, apo::quant::footprint_of(tensors, rules), available);
+    rules.spec = choice.spec;
+    why = choice.reason;
+  } else {
+    const auto format = apo::quant::parse_format(format_name);
+    if (!format || *format == apo::quant::QFormat::none) {
+      fmt::print(stderr,
+                 "apo: unknown format \"{}\" (expected fp8_e4m3, fp8_e5m2, int8, fp16, "
+                 "bf16 or auto)\n",
+                 format_name);
+      return kExitUsage;
+    }
+    rules.spec = {*format,
+                  apo::quant::traits(*format).scaled ? *scaling : apo::quant::Scaling::none};
+  }
+  const auto quantized = apo::quant::quantize_state_dict(tensors, rules);
+  apo::models::write_model_weights(output, quantized.tensors, file.metadata());
+  if (as_json) {
+    fmt::print("{}\n", quantized.report.to_json());
+    return 0;
+  }
+  if (!why.empty()) fmt::print("auto: {}\n", why);
+  fmt::print("{}", quantized.report.to_table());
+  fmt::print("wrote {} ({} -> {})\n", output, apo::format_bytes(quantized.report.bytes_before),
+             apo::format_bytes(quantized.report.bytes_after));
+  return 0;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -192,6 +312,39 @@ int main(int argc, char** argv) {
   show->add_option("--preset", show_presets, "A preset to apply first (repeatable)");
   show->add_option("--set", overrides, "An override key.path=value (repeatable)");
 
+  auto* models = app.add_subcommand("models", "Inspect and compress model files");
+  models->require_subcommand(1);
+  std::string model_file;
+  auto* inspect =
+      models->add_subcommand("inspect", "List a safetensors file's tensors and metadata");
+  inspect->add_option("file", model_file, "A .safetensors file (compressed ones too)")->required();
+  inspect->add_flag("--json", as_json, "Print JSON");
+  std::optional<std::string> compressed_file;
+  std::string codec = "zstd";
+  std::optional<int> level;
+  int threads = 0;
+  auto* compress =
+      models->add_subcommand("compress", "Write a zstd (or xz) compressed copy that apo loads");
+  compress->add_option("file", model_file, "The file to compress")->required();
+  compress->add_option("-o,--output", compressed_file, "Output path (default: FILE.zst / FILE.xz)");
+  compress->add_option("--codec", codec, "zstd (default) or xz");
+  compress->add_option("--level", level, "zstd 1-19 (default 3), xz 0-9 (default 6)");
+  compress->add_option("--threads", threads, "Compression threads (default: one per core)");
+
+  std::string quantized_file;
+  std::string format = "fp8_e4m3";
+  std::string scaling = "per_row";
+  std::vector<std::string> keep;
+  auto* quantize = models->add_subcommand(
+      "quantize", "Write a quantized copy (scales beside the weights) that apo loads as is");
+  quantize->add_option("input", model_file, "A .safetensors file")->required();
+  quantize->add_option("output", quantized_file, "Where to write the quantized file")->required();
+  quantize->add_option("--format", format,
+                       "fp8_e4m3 (default), fp8_e5m2, int8, fp16, bf16 or auto");
+  quantize->add_option("--scaling", scaling, "per_row (default) or per_tensor");
+  quantize->add_option("--keep", keep, "Also keep tensors matching this regex (repeatable)");
+  quantize->add_flag("--json", as_json, "Print the report as JSON");
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
@@ -205,6 +358,11 @@ int main(int argc, char** argv) {
     if (*presets) return run_presets(as_json);
     if (*check) return run_config_check(check_files, portable);
     if (*show) return run_config_show(show_files, show_presets, overrides);
+    if (*inspect) return run_models_inspect(model_file, as_json);
+    if (*compress) return run_models_compress(model_file, compressed_file, codec, level, threads);
+    if (*quantize) {
+      return run_models_quantize(model_file, quantized_file, format, scaling, keep, as_json);
+    }
   } catch (const apo::ConfigError& error) {
     print_problems(error);
     return kExitProblems;

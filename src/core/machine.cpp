@@ -50,7 +50,9 @@ CpuInfo read_cpu() {
   return cpu;
 }
 
-HostMemoryInfo read_memory() {
+}  // namespace
+
+HostMemoryInfo read_host_memory() {
   HostMemoryInfo memory;
   std::ifstream meminfo("/proc/meminfo");
   for (std::string line; std::getline(meminfo, line);) {
@@ -73,6 +75,8 @@ HostMemoryInfo read_memory() {
   return memory;
 }
 
+namespace {
+
 template <class T>
 nlohmann::json optional_json(const std::optional<T>& value) {
   return value ? nlohmann::json(*value) : nlohmann::json(nullptr);
@@ -83,7 +87,7 @@ nlohmann::json optional_json(const std::optional<T>& value) {
 MachineInfo probe_machine(const ProbeOptions& options) {
   MachineInfo machine;
   machine.cpu = read_cpu();
-  machine.memory = read_memory();
+  machine.memory = read_host_memory();
   machine.torch_version = TORCH_VERSION;
   machine.apo_version = APO_VERSION_STRING;
 

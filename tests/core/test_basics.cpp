@@ -1,4 +1,4 @@
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <chrono>
 #include <thread>
@@ -59,6 +59,15 @@ TEST_CASE("FakeClock moves only when advanced, and never backwards", "[clock]") 
   }
   for (auto& thread : threads) thread.join();
   CHECK(clock.now() - start == std::chrono::milliseconds(250) + std::chrono::nanoseconds(4000));
+}
+
+TEST_CASE("FakeClock's wall time moves with it from its origin", "[clock]") {
+  const auto origin =
+      std::chrono::sys_days{std::chrono::year{2026} / 11 / 26} + std::chrono::hours(9);
+  apo::FakeClock clock(origin);
+  CHECK(clock.wall_now() == origin);
+  clock.advance(std::chrono::hours(3));
+  CHECK(clock.wall_now() == origin + std::chrono::hours(3));
 }
 
 TEST_CASE("SteadyClock is monotonic", "[clock]") {

@@ -1,4 +1,4 @@
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <string>
 

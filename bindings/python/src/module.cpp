@@ -8,8 +8,11 @@
 #include <string>
 #include <vector>
 
+#include <ATen/DLConvertor.h>
+
 #include "apo/core/config.hpp"
 #include "apo/core/machine.hpp"
+#include "apo/models/safetensors.hpp"
 #include "apo/version.hpp"
 
 namespace py = pybind11;
@@ -87,6 +90,30 @@ void translate(std::exception_ptr pointer) {
   }
 }
 
+// Tensors cross to Python as DLPack capsules ("dltensor"), which torch.from_dlpack takes without
+// a copy; apo's module need not link libtorch_python.
+py::capsule to_capsule(const at::Tensor& tensor) {
+  DLManagedTensor* managed = at::toDLPack(tensor);
+  return py::capsule(managed, "dltensor", [](PyObject* capsule) {
+    // Only a capsule nobody consumed still owns its tensor (consumers rename it).
+    if (PyCapsule_IsValid(capsule, "dltensor")) {
+      auto* m = static_cast<DLManagedTensor*>(PyCapsule_GetPointer(capsule, "dltensor"));
+      if (m != nullptr && m->deleter != nullptr) m->deleter(m);
+    }
+  });
+}
+
+at::Tensor from_capsule(const py::capsule& capsule) {
+  if (std::string_view(capsule.name()) != "dltensor") {
+    throw apo::Error(apo::ErrorCode::InvalidArgument,
+                     "expected an unconsumed DLPack capsule (torch.utils.dlpack.to_dlpack)");
+  }
+  auto* managed = static_cast<DLManagedTensor*>(capsule.get_pointer());
+  at::Tensor tensor = at::fromDLPack(managed);
+  PyCapsule_SetName(capsule.ptr(), "used_dltensor");
+  return tensor;
+}
+
 apo::Config load(apo::ConfigLoader& loader, const std::vector<std::string>& presets,
                  const std::vector<std::string>& overrides, bool check_machine) {
   for (const auto& preset : presets) loader.preset(preset);
@@ -121,6 +148,40 @@ PYBIND11_MODULE(_core, m) {
         return apo::to_json(apo::probe_machine({.run_kernel_check = kernel_check}));
       },
       py::arg("kernel_check") = false, "This machine as JSON (see apo.probe).");
+
+  m.def(
+      "safetensors_load",
+      [](const std::string& path, bool copy) {
+        std::vector<std::pair<std::string, at::Tensor>> tensors;
+        std::map<std::string, std::string> metadata;
+        {
+          py::gil_scoped_release release;
+          const auto file = apo::models::SafetensorsFile::open(path);
+          for (const auto& entry : file.tensors()) {
+            tensors.emplace_back(entry.name, copy ? file.copy(entry.name) : file.view(entry.name));
+          }
+          metadata = file.metadata();
+        }
+        py::list named;
+        for (const auto& [name, tensor] : tensors) {
+          named.append(py::make_tuple(name, to_capsule(tensor)));
+        }
+        return py::make_tuple(named, metadata);
+      },
+      py::arg("path"), py::arg("copy") = false,
+      "([(name, DLPack capsule)], metadata) of a safetensors file (see apo.models.load_file).");
+
+  m.def(
+      "safetensors_save",
+      [](const std::string& path, const std::vector<std::pair<std::string, py::capsule>>& named,
+         const std::map<std::string, std::string>& metadata) {
+        std::vector<apo::models::NamedTensor> tensors;
+        for (const auto& [name, capsule] : named) tensors.push_back({name, from_capsule(capsule)});
+        py::gil_scoped_release release;
+        apo::models::save_safetensors(path, tensors, metadata);
+      },
+      py::arg("path"), py::arg("tensors"), py::arg("metadata"),
+      "Write [(name, DLPack capsule)] and metadata as a safetensors file.");
 
   py::class_<apo::Config>(m, "Config", R"doc(
 An apo configuration: the guide's blocks, typed and validated.

@@ -67,6 +67,9 @@ struct ProbeOptions {
   bool run_kernel_check = false;
 };
 
+/// @brief Host memory alone, cheaply (no device query): for budgets and allocation limits.
+HostMemoryInfo read_host_memory();
+
 /// @brief Reads this machine. Never throws for missing hardware or drivers.
 MachineInfo probe_machine(const ProbeOptions& options = {});
 

@@ -1,0 +1,133 @@
+#pragma once
+
+/// @file
+/// @brief A model as apo holds it: named weights (each a QTensor, quantized or not) on one
+/// device, and what identifies it: the file, its kind, the precision asked for.
+
+#include <cstdint>
+#include <filesystem>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <unordered_map>
+#include <vector>
+
+#include <c10/core/Device.h>
+
+#include "apo/core/config.hpp"
+#include "apo/memory/resource.hpp"
+#include "apo/quant/qtensor.hpp"
+#include "apo/quant/state_dict.hpp"
+
+namespace apo::models {
+
+namespace detail {
+struct ModelMutation;  // how the model cache merges LoRAs into a resident model
+}  // namespace detail
+
+/// @brief What a model is for; decides what may be shared (the guide's SharedModelManager).
+enum class ModelKind { text_encoder, vae, diffusion, lora, other };
+
+constexpr std::string_view to_string(ModelKind kind) noexcept {
+  switch (kind) {
+    case ModelKind::text_encoder:
+      return "text_encoder";
+    case ModelKind::vae:
+      return "vae";
+    case ModelKind::diffusion:
+      return "diffusion";
+    case ModelKind::lora:
+      return "lora";
+    case ModelKind::other:
+      return "other";
+  }
+  return "?";
+}
+
+/// @brief Text encoders and VAEs serve every workflow; other kinds are shared only when the
+/// very same file, precision and device are asked for.
+constexpr bool shared_between_workflows(ModelKind kind) noexcept {
+  return kind == ModelKind::text_encoder || kind == ModelKind::vae;
+}
+
+/// @brief A request for a model.
+struct ModelRef {
+  /// The file; a relative path is found under storage_optimization.model_cache_path.
+  std::filesystem::path path;
+  ModelKind kind = ModelKind::other;
+  /// The weight precision; unset: performance_optimization.model_precision.
+  std::optional<Precision> precision;
+  /// The workflow asking, for the sharing rules.
+  std::string workflow;
+};
+
+/// @brief A LoRA to apply while a lease is held.
+struct LoraRequest {
+  std::filesystem::path path;
+  double strength = 1.0;
+
+  friend bool operator==(const LoraRequest&, const LoraRequest&) = default;
+};
+
+/// @brief Named weights on one device. Read-only to users: leases hand out const Models.
+class Model {
+ public:
+  Model(std::string path, ModelKind kind, Precision precision, std::vector<quant::QTensor> weights);
+
+  const std::string& path() const noexcept { return path_; }
+  ModelKind kind() const noexcept { return kind_; }
+  /// @brief The precision asked for ("auto" included).
+  Precision precision() const noexcept { return precision_; }
+  /// @brief The format the quantized weights use (none when nothing was quantized).
+  quant::QuantSpec spec() const noexcept { return spec_; }
+  c10::Device device() const noexcept { return device_; }
+  /// @brief Bytes of all weights (data and scales).
+  std::int64_t bytes() const noexcept { return bytes_; }
+  /// @brief Bytes of the same weights in their source dtypes.
+  std::int64_t original_bytes() const noexcept { return original_bytes_; }
+
+  const std::vector<quant::QTensor>& weights() const noexcept { return weights_; }
+  /// @brief The weight of this name, or nullptr.
+  const quant::QTensor* find(std::string_view name) const;
+  /// @brief The weight of this name. @throws apo::Error NotFound naming the model.
+  const quant::QTensor& weight(std::string_view name) const;
+  /// @brief The weight dequantized to its source dtype (or `dtype`).
+  at::Tensor dense(std::string_view name, std::optional<at::ScalarType> dtype = std::nullopt) const;
+
+  /// @brief A copy of the weights on `device`. Host copies come from `host_memory` when given
+  /// (a pool, pinned where CUDA is present, so copies reuse memory and move at full speed).
+  Model to(c10::Device device, const memory::AnyResource* host_memory = nullptr) const;
+
+ private:
+  friend struct detail::ModelMutation;
+  quant::QTensor& mutable_weight(std::string_view name);
+  void index();
+
+  std::string path_;
+  ModelKind kind_;
+  Precision precision_;
+  quant::QuantSpec spec_;
+  c10::Device device_{c10::kCPU};
+  std::int64_t bytes_ = 0;
+  std::int64_t original_bytes_ = 0;
+  std::vector<quant::QTensor> weights_;
+  std::unordered_map<std::string, std::size_t> index_;
+};
+
+/// @brief Metadata key of files apo quantized: "<format> <scaling>" of the quantized weights,
+/// whose scales are stored as "<name>.scale" beside them.
+inline constexpr std::string_view kQuantizationMetadataKey = "apo.quantization";
+
+/// @brief Reads a model file into weights on the host: a file apo quantized comes back as the
+/// QTensors it holds; any other file is quantized to `spec` by `rules` (spec none: kept as is).
+/// @throws apo::Error NotFound, Corrupt (a bad file, or scales that do not match their weight)
+std::vector<quant::QTensor> read_model_weights(const std::filesystem::path& path,
+                                               const quant::QuantizationRules& rules);
+
+/// @brief Writes weights as a safetensors file: quantized ones with their "<name>.scale" and the
+/// format in the metadata, so read_model_weights restores them exactly.
+void write_model_weights(const std::filesystem::path& path,
+                         const std::vector<quant::QTensor>& weights,
+                         std::map<std::string, std::string> metadata = {});
+
+}  // namespace apo::models
