@@ -1,7 +1,7 @@
 // The Batcher contract (include/apo/batch/batch.hpp) against every batcher, then what each
 // batcher does on its own.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <atomic>
 #include <chrono>

@@ -3,7 +3,7 @@
 // Helpers shared by the memory tests: error checks, fill patterns, overlap checks and the
 // stress scale.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <algorithm>
 #include <cstdint>

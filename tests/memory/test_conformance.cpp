@@ -1,7 +1,7 @@
 // The MemoryResource conformance suite: every resource and adaptor passes the same checks of
 // the contract in apo/memory/resource.hpp. The CUDA resources run it under [gpu].
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <atomic>
 #include <cstdint>

@@ -1,7 +1,7 @@
 // The CUDA resources where there is no device (they must say so, not crash) and, under [gpu],
 // their behaviour on one. The shared contract runs on them in test_conformance.cpp.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <cstdint>
 #include <memory>

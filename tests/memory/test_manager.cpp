@@ -1,7 +1,7 @@
 // MemoryManager: which pass runs when (driven by a FakeClock), what each pass releases, hooks
 // and their registrations, failures, and a thread that starts, wakes and stops promptly.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <atomic>
 #include <chrono>

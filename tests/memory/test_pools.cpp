@@ -2,7 +2,7 @@
 // the caching pool's size classes, best fit, splitting, coalescing, release and statistics, the
 // budget's cap, the statistics adaptor's counters and AnyResource's ownership.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <cstdint>
 #include <memory>

@@ -2,7 +2,7 @@
 // overlap and keep their alignment and contents, the budget is never exceeded, and every layer's
 // statistics equal the shadow's count.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <cstdint>
 #include <memory>

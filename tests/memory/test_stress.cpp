@@ -2,7 +2,7 @@
 // MemoryManager thread releases the pool's cache underneath them. APO_STRESS_SCALE=N runs N times
 // the operations.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <atomic>
 #include <chrono>

@@ -2,7 +2,7 @@
 // thread, through views that outlive their base, and after every other handle to the pool is
 // gone; the CPU allocation scope; the torch device-cache hook.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <cstring>
 #include <memory>

@@ -4,7 +4,7 @@
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <string>
 #include <thread>

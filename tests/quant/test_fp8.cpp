@@ -5,7 +5,7 @@
 
 #include <ATen/ATen.h>
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <cmath>
 #include <cstring>

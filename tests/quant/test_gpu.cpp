@@ -7,7 +7,7 @@
 #include <ATen/Context.h>
 #include <ATen/core/dispatch/Dispatcher.h>
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <string>
 

@@ -3,7 +3,7 @@
 
 #include <ATen/ATen.h>
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <string>
 

@@ -2,8 +2,8 @@
 
 #include <ATen/ATen.h>
 
-#include <catch2/catch.hpp>
 #include <nlohmann/json.hpp>
+#include "apo_catch.hpp"
 
 #include <cmath>
 #include <string>

@@ -1,6 +1,6 @@
 // The scheduler's internal structures against std containers: the indexed heap and the id index.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <map>
 #include <random>

@@ -1,6 +1,6 @@
 // Placement across devices: room, the guide's score, worker queues, rejection with a reason.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <chrono>
 #include <thread>

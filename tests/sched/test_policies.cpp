@@ -1,6 +1,6 @@
 // What distinguishes the policies: FIFO's strict arrival order, priority with aging and grouping.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <vector>
 

@@ -2,7 +2,7 @@
 // once (or is still queued), no request is in two batches, every batch shares one grouping key
 // and fits the memory budget, the policy's order holds, and no request waits past its bound.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <algorithm>
 #include <chrono>

@@ -1,6 +1,6 @@
 // The Scheduler contract (include/apo/sched/scheduler.hpp), run against every scheduler.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <algorithm>
 #include <map>

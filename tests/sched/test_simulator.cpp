@@ -1,6 +1,6 @@
 // The simulator: traces, the guide's service model, and exact reports on small traces.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <chrono>
 #include <map>

@@ -2,7 +2,7 @@
 // devices and a worker per device runs them. Run under tsan in CI. APO_STRESS_REQUESTS sets the
 // request count for a longer run.
 
-#include <catch2/catch.hpp>
+#include "apo_catch.hpp"
 
 #include <atomic>
 #include <chrono>

@@ -1,7 +1,7 @@
 // ThreadSanitizer cannot see the barriers of libgomp, ATen's OpenMP runtime (it is not
 // instrumented), so every ATen parallel region, libtorch's own included, reports races between
-// its workers and the thread that waits for them. Under TSan the quant tests therefore run ATen
-// on one thread (at::parallel_for then runs inline); the tests that call quantizers from several
+// its workers and the thread that waits for them. Under TSan every test binary therefore runs
+// ATen on one thread (at::parallel_for then runs inline); tests that start their own
 // std::threads still run, and those threads TSan does see.
 
 #include <ATen/Parallel.h>
