@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -60,6 +61,14 @@ std::shared_ptr<const FileBytes> FileBytes::hold(std::vector<std::byte> held) {
   bytes->data_ = bytes->held_.data();
   bytes->size_ = bytes->held_.size();
   return bytes;
+}
+
+void FileBytes::will_need(std::size_t offset, std::size_t bytes) const noexcept {
+  if (!mapped_ || offset >= size_) return;
+  const auto page = static_cast<std::size_t>(::sysconf(_SC_PAGESIZE));
+  const std::size_t begin = offset / page * page;
+  const std::size_t end = std::min(size_, offset + bytes);
+  ::madvise(data_ + begin, end - begin, MADV_WILLNEED);
 }
 
 FileBytes::~FileBytes() {

@@ -29,6 +29,8 @@ class FileBytes {
   std::span<const std::byte> bytes() const noexcept { return {data_, size_}; }
   const std::byte* data() const noexcept { return data_; }
   std::size_t size() const noexcept { return size_; }
+  /// Starts reading [offset, offset + bytes) of a mapped file in the background.
+  void will_need(std::size_t offset, std::size_t bytes) const noexcept;
 
  private:
   FileBytes() = default;

@@ -81,9 +81,18 @@ constexpr std::string_view kScaleSuffix = ".scale";
 
 }  // namespace
 
+bool is_quantized_file(const SafetensorsHeader& header) {
+  return header.metadata.count(std::string(kQuantizationMetadataKey)) != 0;
+}
+
 std::vector<quant::QTensor> read_model_weights(const std::filesystem::path& path,
-                                               const quant::QuantizationRules& rules) {
+                                               const quant::QuantizationRules& rules,
+                                               std::int64_t prefetch_bytes) {
   const SafetensorsFile file = SafetensorsFile::open(path);
+  // Tensors are read in data order: ask for the next window while the current one is copied.
+  auto read_ahead = [&](const TensorEntry& entry) {
+    file.prefetch(entry.data_end, prefetch_bytes);
+  };
   const auto meta = file.metadata().find(std::string(kQuantizationMetadataKey));
   if (meta == file.metadata().end()) {
     quant::NamedTensors tensors;
@@ -92,13 +101,17 @@ std::vector<quant::QTensor> read_model_weights(const std::filesystem::path& path
       tensors.emplace_back(entry.name, file.view(entry.name));
     if (rules.spec.format == quant::QFormat::none) {
       std::vector<quant::QTensor> kept;
-      for (auto& [name, tensor] : tensors) {
+      for (std::size_t i = 0; i < tensors.size(); ++i) {
+        read_ahead(file.tensors()[i]);
         // Views of the mapping would tie the model to the file: own the memory.
-        kept.push_back(quant::QTensor::from_parts(name, tensor.clone(), {}, quant::QFormat::none,
-                                                  quant::Scaling::none, tensor.scalar_type()));
+        const at::Tensor& tensor = tensors[i].second;
+        kept.push_back(quant::QTensor::from_parts(tensors[i].first, tensor.clone(), {},
+                                                  quant::QFormat::none, quant::Scaling::none,
+                                                  tensor.scalar_type()));
       }
       return kept;
     }
+    file.prefetch(0, prefetch_bytes);
     quant::QuantizationRules measured = rules;
     measured.measure_error = false;  // loading: no report wanted, no extra dequantize
     auto quantized = quant::quantize_state_dict(tensors, measured);
@@ -136,6 +149,7 @@ std::vector<quant::QTensor> read_model_weights(const std::filesystem::path& path
                                                   0, entry.name.size() - kScaleSuffix.size()))) {
       continue;  // read with its weight
     }
+    read_ahead(entry);
     const at::Tensor data = file.copy(entry.name);
     const auto original = description["tensors"].find(entry.name);
     if (original == description["tensors"].end()) {

@@ -291,6 +291,8 @@ ModelCacheOptions ModelCacheOptions::from_config(const Config& config, const Mac
   options.io_threads = config.system.io_threads;
   options.async_io = config.storage.async_io;
   options.model_root = config.storage.model_cache_path;
+  options.converted_models = std::filesystem::path(config.storage.temp_path) / "apo-converted";
+  options.io_buffer_bytes = std::int64_t{config.storage.io_buffer_size_mb} << 20;
   return options;
 }
 
@@ -530,6 +532,55 @@ void switch_loras(CacheState& s, Instance& inst, const std::vector<LoraRequest>&
   ++s.stats.lora_applications;
 }
 
+// Where the quantized conversion of `path` under `rules` is kept: the name carries a hash of the
+// source's identity (path, size, modification time) and of the rules, so a changed source or a
+// different format never reads a stale copy.
+std::filesystem::path converted_path(const ModelCacheOptions& options,
+                                     const std::filesystem::path& path,
+                                     const quant::QuantizationRules& rules) {
+  std::error_code ec;
+  const auto size = std::filesystem::file_size(path, ec);
+  const auto modified = std::filesystem::last_write_time(path, ec).time_since_epoch().count();
+  std::string identity = fmt::format("{}|{}|{}|{}|{}", path.string(), size, modified,
+                                     quant::to_string(rules.spec), rules.min_elements);
+  for (const auto& p : rules.quantize_patterns) identity += "|q:" + p;
+  for (const auto& p : rules.keep_patterns) identity += "|k:" + p;
+  return options.converted_models / fmt::format("{}.{:016x}.safetensors", path.stem().string(),
+                                                std::hash<std::string>{}(identity));
+}
+
+// Reads a model from disk, quantizing it by `rules`; with converted_models set, a quantized
+// conversion is read from there when it exists and saved there when it does not.
+std::vector<quant::QTensor> read_from_disk(CacheState& s, const std::filesystem::path& path,
+                                           const quant::QuantizationRules& rules) {
+  const ModelCacheOptions& o = s.options;
+  if (rules.spec.format == quant::QFormat::none || o.converted_models.empty()) {
+    return read_model_weights(path, rules, o.io_buffer_bytes);
+  }
+  const std::filesystem::path converted = converted_path(o, path, rules);
+  if (std::filesystem::exists(converted)) {
+    try {
+      auto weights = read_model_weights(converted, rules, o.io_buffer_bytes);
+      std::lock_guard lock(s.mutex);
+      ++s.stats.conversions_read;
+      return weights;
+    } catch (const Error&) {
+      std::error_code ignored;
+      std::filesystem::remove(converted, ignored);  // damaged: convert again
+    }
+  }
+  auto weights = read_model_weights(path, rules, o.io_buffer_bytes);
+  try {
+    std::filesystem::create_directories(o.converted_models);
+    write_model_weights(converted, weights);
+    std::lock_guard lock(s.mutex);
+    ++s.stats.conversions_written;
+  } catch (const std::exception&) {
+    // A full or read-only temp_path costs only the next conversion.
+  }
+  return weights;
+}
+
 // Keeps a host copy of a model read from disk (storage_optimization.preload_models), if there is
 // room; otherwise the next load reads the disk again.
 void keep_on_host(CacheState& s, const Identity& id, ModelKind kind, std::shared_ptr<Model> model) {
@@ -668,7 +719,7 @@ Lease ModelCache::acquire_now(const ModelRef& ref, c10::Device device,
         quant::QuantizationRules rules = s.options.rules;
         rules.spec = plan.spec;
         auto host = std::make_shared<Model>(path.string(), ref.kind, precision,
-                                            read_model_weights(path, rules));
+                                            read_from_disk(s, path, rules));
         if (is_host(tier_device)) {
           model = host;
         } else {

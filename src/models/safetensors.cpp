@@ -89,6 +89,12 @@ at::Tensor SafetensorsFile::copy(std::string_view name) const {
   return out;
 }
 
+void SafetensorsFile::prefetch(std::int64_t data_begin, std::int64_t bytes) const noexcept {
+  if (bytes <= 0 || data_begin < 0) return;
+  state_->bytes->will_need(static_cast<std::size_t>(state_->header.data_offset() + data_begin),
+                           static_cast<std::size_t>(bytes));
+}
+
 namespace {
 
 struct DTypePair {

@@ -423,3 +423,42 @@ TEST_CASE("options come from the configuration and the machine", "[cache]") {
   CHECK(options.keep_host_copy);
   CHECK(options.eviction_threshold == 0.8);
 }
+
+TEST_CASE("quantized conversions are kept and reused by the next cold load", "[cache]") {
+  ScratchDir dir;
+  const auto path = write_model(dir.path, "wan", 4, 19);
+  auto options = host_only(64_MiB);
+  options.precision = apo::Precision::fp8_e4m3;
+  options.converted_models = dir.path / "converted";
+  at::Tensor first;
+  {
+    ModelCache cache(options);
+    first = cache.acquire(ref(path), kHost)->weight("blocks.1.ffn.weight").data().clone();
+    CHECK(cache.stats().conversions_written == 1);
+    CHECK(cache.stats().conversions_read == 0);
+  }
+  {
+    ModelCache cache(options);
+    const Lease lease = cache.acquire(ref(path), kHost);
+    CHECK(cache.stats().conversions_read == 1);
+    CHECK(bitwise_equal(lease->weight("blocks.1.ffn.weight").data(), first));
+  }
+  SECTION("a changed source is converted again") {
+    write_model(dir.path, "wan", 4, 20);
+    fs::last_write_time(path, fs::last_write_time(path) + std::chrono::seconds(5));
+    ModelCache cache(options);
+    const Lease lease = cache.acquire(ref(path), kHost);
+    CHECK(cache.stats().conversions_read == 0);
+    CHECK(cache.stats().conversions_written == 1);
+    CHECK_FALSE(bitwise_equal(lease->weight("blocks.1.ffn.weight").data(), first));
+  }
+  SECTION("a damaged conversion is replaced") {
+    for (const auto& entry : fs::directory_iterator(options.converted_models)) {
+      std::ofstream(entry.path(), std::ios::binary | std::ios::trunc) << "garbage";
+    }
+    ModelCache cache(options);
+    const Lease lease = cache.acquire(ref(path), kHost);
+    CHECK(cache.stats().conversions_written == 1);
+    CHECK(bitwise_equal(lease->weight("blocks.1.ffn.weight").data(), first));
+  }
+}

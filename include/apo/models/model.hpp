@@ -16,6 +16,7 @@
 
 #include "apo/core/config.hpp"
 #include "apo/memory/resource.hpp"
+#include "apo/models/safetensors_format.hpp"
 #include "apo/quant/qtensor.hpp"
 #include "apo/quant/state_dict.hpp"
 
@@ -120,9 +121,15 @@ inline constexpr std::string_view kQuantizationMetadataKey = "apo.quantization";
 
 /// @brief Reads a model file into weights on the host: a file apo quantized comes back as the
 /// QTensors it holds; any other file is quantized to `spec` by `rules` (spec none: kept as is).
+/// While one tensor is copied, the next `prefetch_bytes` of the file are read ahead
+/// (storage_optimization.io_buffer_size_mb).
 /// @throws apo::Error NotFound, Corrupt (a bad file, or scales that do not match their weight)
 std::vector<quant::QTensor> read_model_weights(const std::filesystem::path& path,
-                                               const quant::QuantizationRules& rules);
+                                               const quant::QuantizationRules& rules,
+                                               std::int64_t prefetch_bytes = 64 << 20);
+
+/// @brief Whether a file holds weights apo quantized (its metadata says so).
+bool is_quantized_file(const SafetensorsHeader& header);
 
 /// @brief Writes weights as a safetensors file: quantized ones with their "<name>.scale" and the
 /// format in the metadata, so read_model_weights restores them exactly.

@@ -71,6 +71,12 @@ struct ModelCacheOptions {
   bool async_io = true;
   /// Where relative model paths are found (storage_optimization.model_cache_path).
   std::filesystem::path model_root;
+  /// Where quantized conversions of models are kept, so that the next cold load reads the
+  /// smaller file instead of quantizing again (storage_optimization.temp_path/apo-converted:
+  /// the guide puts temp_path on the fast disk); empty: none kept.
+  std::filesystem::path converted_models;
+  /// Read-ahead while loading from disk (storage_optimization.io_buffer_size_mb).
+  std::int64_t io_buffer_bytes = 64 << 20;
 
   /// @brief Budgets from the configuration and the machine: each CUDA device gets
   /// max_memory_usage_gb ("auto": the rule of tune/presets.hpp), the host tier
@@ -90,6 +96,8 @@ struct CacheStats {
   std::int64_t bytes_moved = 0;  ///< between tiers
   double load_seconds = 0;       ///< spent reading, quantizing and moving
   std::int64_t lora_applications = 0;
+  std::int64_t conversions_written = 0;  ///< quantized copies saved under converted_models
+  std::int64_t conversions_read = 0;     ///< cold loads served by such a copy
 };
 
 /// @brief One resident instance, for inspection.
