@@ -86,8 +86,10 @@ at::Tensor SafetensorsFile::view(std::string_view name) const {
 at::Tensor SafetensorsFile::copy(std::string_view name) const {
   const TensorEntry& e = entry(name);
   at::Tensor out = at::empty(e.shape, at::TensorOptions().dtype(scalar_type_of(e.dtype)));
-  std::memcpy(out.data_ptr(), state_->bytes->data() + state_->header.data_offset() + e.data_begin,
-              static_cast<std::size_t>(e.bytes()));
+  if (e.bytes() > 0) {  // an empty tensor has no data pointer to copy to
+    std::memcpy(out.data_ptr(), state_->bytes->data() + state_->header.data_offset() + e.data_begin,
+                static_cast<std::size_t>(e.bytes()));
+  }
   return out;
 }
 

@@ -210,6 +210,7 @@ WeightStreamer::WeightStreamer(const std::map<std::string, at::Tensor>& host_wei
     staged->host = backend_->host_staging(staged->bytes);
     for (const auto& piece : staged->pieces) {
       const at::Tensor source = host_weights.at(piece.name).contiguous();
+      if (source.nbytes() == 0) continue;
       std::memcpy(static_cast<std::byte*>(staged->host) + piece.offset, source.data_ptr(),
                   source.nbytes());
     }
