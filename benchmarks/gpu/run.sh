@@ -13,8 +13,11 @@ status=0
 step() { echo; echo "=== $* ==="; }
 
 step "configure and build"
+# pybind11 from pip keeps its CMake package inside the Python package.
+pybind11_dir=$(python3 -m pybind11 --cmakedir 2>/dev/null || true)
 cmake -S . -B build/gpu -G Ninja -DCMAKE_BUILD_TYPE=Release -DAPO_ENABLE_CUDA=ON \
   -DCMAKE_PREFIX_PATH="$PWD/.deps/root/usr" -DPython_EXECUTABLE="$(command -v python3)" \
+  ${pybind11_dir:+-Dpybind11_DIR="$pybind11_dir"} \
   >"$out/configure.log" 2>&1 || { tail -40 "$out/configure.log"; exit 1; }
 cmake --build build/gpu -j "$jobs" >"$out/build.log" 2>&1 || { grep -E "error" "$out/build.log" | head -40; exit 1; }
 
@@ -26,7 +29,9 @@ for binary in build/gpu/bin/apo_*_tests; do
 done
 
 step "all other tests"
-ctest --test-dir build/gpu -j "$jobs" --output-on-failure >"$out/ctest.log" 2>&1 || status=1
+# CI runs the Python and fuzz tests (they need PyPI packages and clang, absent here).
+ctest --test-dir build/gpu -j "$jobs" --output-on-failure --label-exclude "python|fuzz" \
+  >"$out/ctest.log" 2>&1 || status=1
 tail -5 "$out/ctest.log"
 
 step "benchmarks"
