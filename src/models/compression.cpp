@@ -45,13 +45,29 @@ int checked_level(const CompressionOptions& options) {
   return level;
 }
 
+// Runs an lzma stream (encoder or decoder) over all of `input`, handing each output chunk to
+// `sink`; returns LZMA_STREAM_END, or the first error.
+template <class Sink>
+lzma_ret run_lzma(lzma_stream& stream, std::span<const std::byte> input, Sink&& sink) {
+  std::vector<std::byte> chunk(1 << 20);
+  stream.next_in = reinterpret_cast<const std::uint8_t*>(input.data());
+  stream.avail_in = input.size();
+  for (;;) {
+    stream.next_out = reinterpret_cast<std::uint8_t*>(chunk.data());
+    stream.avail_out = chunk.size();
+    const lzma_ret ret = lzma_code(&stream, LZMA_FINISH);
+    sink(std::span<const std::byte>(chunk.data(), chunk.size() - stream.avail_out));
+    if (ret != LZMA_OK) return ret;
+  }
+}
+
 // Streams `input` through a compressor, handing each output chunk to `sink`.
 template <class Sink>
 void compress_stream(std::span<const std::byte> input, const CompressionOptions& options,
                      Sink&& sink) {
   const int level = checked_level(options);
-  std::vector<std::byte> chunk(1 << 20);
   if (options.codec == Codec::zstd) {
+    std::vector<std::byte> chunk(1 << 20);
     std::unique_ptr<ZSTD_CCtx, decltype(&ZSTD_freeCCtx)> ctx(ZSTD_createCCtx(), ZSTD_freeCCtx);
     if (!ctx) throw std::bad_alloc();
     ZSTD_CCtx_setParameter(ctx.get(), ZSTD_c_compressionLevel, level);
@@ -82,15 +98,8 @@ void compress_stream(std::span<const std::byte> input, const CompressionOptions&
          mt.threads);
   }
   std::unique_ptr<lzma_stream, decltype(&lzma_end)> guard(&stream, lzma_end);
-  stream.next_in = reinterpret_cast<const std::uint8_t*>(input.data());
-  stream.avail_in = input.size();
-  for (;;) {
-    stream.next_out = reinterpret_cast<std::uint8_t*>(chunk.data());
-    stream.avail_out = chunk.size();
-    const lzma_ret ret = lzma_code(&stream, LZMA_FINISH);
-    sink(std::span<const std::byte>(chunk.data(), chunk.size() - stream.avail_out));
-    if (ret == LZMA_STREAM_END) return;
-    if (ret != LZMA_OK) fail(ErrorCode::Internal, "xz compression failed (lzma error {})", +ret);
+  if (const lzma_ret ret = run_lzma(stream, input, sink); ret != LZMA_STREAM_END) {
+    fail(ErrorCode::Internal, "xz compression failed (lzma error {})", +ret);
   }
 }
 
@@ -148,26 +157,18 @@ std::vector<std::byte> decompress_xz(std::span<const std::byte> input, std::int6
   }
   std::unique_ptr<lzma_stream, decltype(&lzma_end)> guard(&stream, lzma_end);
   std::vector<std::byte> output;
-  std::vector<std::byte> chunk(1 << 20);
-  stream.next_in = reinterpret_cast<const std::uint8_t*>(input.data());
-  stream.avail_in = input.size();
-  for (;;) {
-    stream.next_out = reinterpret_cast<std::uint8_t*>(chunk.data());
-    stream.avail_out = chunk.size();
-    const lzma_ret ret = lzma_code(&stream, LZMA_FINISH);
-    const std::size_t produced = chunk.size() - stream.avail_out;
-    if (static_cast<std::int64_t>(output.size() + produced) > limit) too_large(name, limit);
-    output.insert(output.end(), chunk.begin(),
-                  chunk.begin() + static_cast<std::ptrdiff_t>(produced));
-    if (ret == LZMA_STREAM_END) return output;
-    if (ret != LZMA_OK) {
-      throw Error(ErrorCode::Corrupt,
-                  fmt::format("xz stream damaged or truncated near compressed offset {} (lzma "
-                              "error {})",
-                              input.size() - stream.avail_in, +ret),
-                  name);
-    }
+  const lzma_ret ret = run_lzma(stream, input, [&](std::span<const std::byte> chunk) {
+    if (static_cast<std::int64_t>(output.size() + chunk.size()) > limit) too_large(name, limit);
+    output.insert(output.end(), chunk.begin(), chunk.end());
+  });
+  if (ret != LZMA_STREAM_END) {
+    throw Error(ErrorCode::Corrupt,
+                fmt::format("xz stream damaged or truncated near compressed offset {} (lzma error "
+                            "{})",
+                            input.size() - stream.avail_in, +ret),
+                name);
   }
+  return output;
 }
 
 }  // namespace

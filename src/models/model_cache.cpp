@@ -179,23 +179,6 @@ std::shared_ptr<Instance> find(Tier& tier, const Identity& id) {
   return nullptr;
 }
 
-int bytes_per_element(Precision precision) {
-  switch (precision) {
-    case Precision::fp32:
-      return 4;
-    case Precision::fp16:
-    case Precision::bf16:
-      return 2;
-    case Precision::fp8_e4m3:
-    case Precision::fp8_e5m2:
-    case Precision::int8:
-      return 1;
-    case Precision::automatic:
-      return 0;
-  }
-  return 0;
-}
-
 // Text encoders and VAEs serve every workflow: a resident copy of the same file at a precision
 // at least as good as the one asked for will do.
 std::shared_ptr<Instance> find_shareable(Tier& tier, const Identity& id) {
@@ -205,7 +188,7 @@ std::shared_ptr<Instance> find_shareable(Tier& tier, const Identity& id) {
         !inst->id.scope.empty())
       continue;
     if (!shared_between_workflows(inst->kind)) continue;
-    if (bytes_per_element(inst->id.precision) < bytes_per_element(id.precision)) continue;
+    if (apo::bytes_per_element(inst->id.precision) < apo::bytes_per_element(id.precision)) continue;
     if (!best || inst->last_used > best->last_used) best = inst;
   }
   return best;

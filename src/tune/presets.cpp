@@ -293,25 +293,6 @@ bool contains_ignoring_case(std::string_view text, std::string_view part) {
   return it != text.end();
 }
 
-// Bytes per weight element, to compare how frugal two precisions are; auto picks whatever fits,
-// so it counts as the most frugal.
-int bytes_per_element(Precision precision) {
-  switch (precision) {
-    case Precision::fp32:
-      return 4;
-    case Precision::fp16:
-    case Precision::bf16:
-      return 2;
-    case Precision::fp8_e4m3:
-    case Precision::fp8_e5m2:
-    case Precision::int8:
-      return 1;
-    case Precision::automatic:
-      return 0;
-  }
-  return 4;
-}
-
 // The automatic tiers, by device memory: the named presets' settings extended to every size.
 struct Tier {
   double min_gib;
@@ -522,14 +503,14 @@ Recommendation recommend(const MachineInfo& machine, std::optional<std::string> 
     std::vector<std::string> limits;
     // The profile may ask for fewer bytes per weight; at equal size the hardware's format wins
     // (bf16 where the card and the models want it).
-    const Precision precision = bytes_per_element(wished.performance.model_precision) <
-                                        bytes_per_element(hardware.performance.model_precision)
+    const Precision precision = apo::bytes_per_element(wished.performance.model_precision) <
+                                        apo::bytes_per_element(hardware.performance.model_precision)
                                     ? wished.performance.model_precision
                                     : hardware.performance.model_precision;
     if (precision != wished.performance.model_precision) {
       limits.push_back(fmt::format(R"("model_precision": "{}")", to_string(precision)));
     }
-    if (bytes_per_element(precision) == 1 && !wished.performance.enable_quantization) {
+    if (apo::bytes_per_element(precision) == 1 && !wished.performance.enable_quantization) {
       limits.push_back(R"("enable_quantization": true)");
     }
     if (hardware.performance.batch_size < wished.performance.batch_size) {

@@ -35,6 +35,25 @@ enum class Strategy { speed_first, balanced, memory_first, quality_first };
 /// @brief Weight precision. `automatic` ("auto") lets the engine choose from the memory it has.
 enum class Precision { fp32, fp16, bf16, fp8_e4m3, fp8_e5m2, int8, automatic };
 
+/// @brief Bytes one weight element takes in `precision` (fp32 4, fp16 and bf16 2, fp8 and int8
+/// 1): how frugal two precisions are. 0 for "auto", which is chosen later to fit.
+constexpr int bytes_per_element(Precision precision) noexcept {
+  switch (precision) {
+    case Precision::fp32:
+      return 4;
+    case Precision::fp16:
+    case Precision::bf16:
+      return 2;
+    case Precision::fp8_e4m3:
+    case Precision::fp8_e5m2:
+    case Precision::int8:
+      return 1;
+    case Precision::automatic:
+      return 0;
+  }
+  return 0;
+}
+
 /// @brief Samplers ("scheduler" in the guide's diffusers wording).
 enum class Sampler {
   euler,
