@@ -549,7 +549,6 @@ JsonDocument override_document(const std::string& assignment, const std::string&
   if (value.is_discarded()) value = text;
   doc.root = Json::object();
   Json* node = &doc.root;
-  std::string prefix;
   for (std::size_t i = 0; i + 1 < parts.size(); ++i) {
     node = &(*node)[parts[i]];
     *node = Json::object();
