@@ -122,26 +122,34 @@ int main(int argc, char** argv) {
   {
     const fs::path other = dir / "other.safetensors";
     apo::models::save_safetensors(other, weights);
-    apo::models::ModelCacheOptions cache_options;
-    cache_options.host_budget_bytes = 4 * file_bytes;
-    cache_options.device_budgets = {{c10::Device(c10::kCPU, 0), file_bytes * 3 / 2}};
-    cache_options.precision = apo::Precision::bf16;
-    cache_options.demote_to_host = true;
-    const c10::Device device(c10::kCPU, 0);
+    // A device tier of its own in host memory stands in for a GPU: promotion is a copy.
+    const apo::Device device = apo::Device::cpu();
+    const auto cache_options = [&] {
+      apo::models::ModelCacheOptions options;
+      options.host_ledger = std::make_shared<apo::memory::MemoryLedger>(device, 4 * file_bytes);
+      options.device_ledgers = {
+          std::make_shared<apo::memory::MemoryLedger>(device, file_bytes * 3 / 2)};
+      apo::quant::PrecisionSettings bf16;
+      bf16.precision = apo::Precision::bf16;
+      options.quantization = apo::models::planner_of(
+          apo::quant::ConfiguredPrecision(bf16, apo::quant::QuantizationRules()));
+      options.demote_to_host = true;
+      return options;
+    };
     const apo::models::ModelRef a{model, apo::models::ModelKind::diffusion, std::nullopt, "bench"};
     const apo::models::ModelRef b{other, apo::models::ModelKind::diffusion, std::nullopt, "bench"};
     std::vector<double> cold;
     for (int run = 0; run < 3; ++run) {
       drop_from_page_cache(model);
-      apo::models::ModelCache cache(cache_options);
+      apo::models::ModelCache cache(cache_options());
       const auto t0 = std::chrono::steady_clock::now();
       cache.acquire(a, device).release();
       cold.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     }
     std::sort(cold.begin(), cold.end());
-    apo::models::ModelCache cache(cache_options);
-    cache.acquire(a, c10::Device(c10::kCPU)).release();  // both in the host tier
-    cache.acquire(b, c10::Device(c10::kCPU)).release();
+    apo::models::ModelCache cache(cache_options());
+    cache.acquire_host(a).release();  // both in the host tier
+    cache.acquire_host(b).release();
     bool use_a = true;
     // Alternating a and b: each acquire promotes one from the host tier and evicts the other.
     const double warm_s = apo::bench::median_seconds([&] {

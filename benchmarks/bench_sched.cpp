@@ -26,14 +26,14 @@
 namespace {
 
 using apo::Clock;
+using apo::Request;
+using apo::RequestId;
 using apo::batch::BatchCandidate;
 using apo::batch::BatchPlan;
 using apo::batch::GroupKey;
 using apo::batch::GroupKeyEqual;
 using apo::batch::GroupKeyHash;
 using apo::batch::GroupKeyView;
-using apo::engine::Request;
-using apo::engine::RequestId;
 using namespace apo::literals;
 
 constexpr std::size_t kBatch = 8;
@@ -110,7 +110,7 @@ class RequestSource {
       r.width = alternate ? w.alternate_width : w.width;
       r.height = alternate ? w.alternate_height : w.height;
       r.frames = w.frames;
-      r.quality = static_cast<apo::engine::QualityLevel>(next() % 3);
+      r.quality = static_cast<apo::QualityLevel>(next() % 3);
       r.priority = static_cast<int>(next() % 10);
       r.memory_estimate_bytes = w.memory_bytes;
       templates_.push_back(std::move(r));
@@ -267,7 +267,7 @@ void simulation_cases(apo::bench::Report& report, bool quick) {
   // (48 grouping keys with two shapes and three quality levels), priorities 0 to 9, at three
   // loads: below FIFO's capacity (about 100 requests an hour here), above it, and far above.
   apo::sched::SimulationOptions sim;
-  sim.devices = {{"cuda:0", 20_GiB}, {"cuda:1", 20_GiB}};
+  sim.devices = {{apo::Device::cuda(0), 20_GiB}, {apo::Device::cuda(1), 20_GiB}};
   for (const double rate_per_hour : {90.0, 150.0, 300.0}) {
     apo::sched::TraceOptions trace_options;
     trace_options.requests = quick ? 300 : 3000;

@@ -13,6 +13,7 @@
 
 #include "apo/core/config.hpp"
 #include "apo/core/machine.hpp"
+#include "apo/tune/presets.hpp"
 #include "apo/version.hpp"
 
 struct apo_config {
@@ -110,7 +111,7 @@ apo_status load_config(AddSource&& add_source, const apo_config_options* options
                        apo_config** out_config) {
   return guarded([&] {
     require(out_config != nullptr, "out_config is NULL");
-    apo::ConfigLoader loader;
+    apo::ConfigLoader loader = apo::tune::config_loader();
     add_source(loader);
     apo::MachineInfo machine;
     if (options != nullptr) {

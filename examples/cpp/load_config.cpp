@@ -6,10 +6,11 @@
 
 #include <apo/core/config.hpp>
 #include <apo/core/machine.hpp>
+#include <apo/tune/presets.hpp>
 
 int main(int argc, char** argv) {
   const apo::MachineInfo machine = apo::probe_machine();
-  apo::ConfigLoader loader;
+  apo::ConfigLoader loader = apo::tune::config_loader();
   loader.preset("rtx4060ti");
   for (int i = 1; i < argc; ++i) loader.file(argv[i]);
   loader.set("storage_optimization.temp_path=/tmp/apo");

@@ -109,7 +109,7 @@ int run_config_check(const std::vector<std::string>& files, bool portable) {
   const apo::MachineInfo machine = apo::probe_machine();
   int status = 0;
   for (const auto& file : files) {
-    apo::ConfigLoader loader;
+    apo::ConfigLoader loader = apo::tune::config_loader();
     loader.file(file);
     if (!portable) loader.check_against(machine);
     try {
@@ -125,7 +125,7 @@ int run_config_check(const std::vector<std::string>& files, bool portable) {
 
 int run_config_show(const std::vector<std::string>& files, const std::vector<std::string>& presets,
                     const std::vector<std::string>& overrides) {
-  apo::ConfigLoader loader;
+  apo::ConfigLoader loader = apo::tune::config_loader();
   for (const auto& preset : presets) loader.preset(preset);
   for (const auto& file : files) loader.file(file);
   for (const auto& assignment : overrides) loader.set(assignment);
@@ -143,7 +143,7 @@ int run_presets(bool as_json) {
     Json out = Json::array();
     for (const auto& preset : apo::tune::presets()) {
       out.push_back({{"name", preset.name},
-                     {"kind", apo::tune::to_string(preset.kind)},
+                     {"kind", apo::to_string(preset.kind)},
                      {"summary", preset.summary},
                      {"expected_performance", expected_json(preset.expected)}});
     }
@@ -151,7 +151,7 @@ int run_presets(bool as_json) {
     return 0;
   }
   for (const auto& preset : apo::tune::presets()) {
-    fmt::print("{:<16} {:<9} {}\n", preset.name, apo::tune::to_string(preset.kind), preset.summary);
+    fmt::print("{:<16} {:<9} {}\n", preset.name, apo::to_string(preset.kind), preset.summary);
   }
   return 0;
 }
@@ -193,7 +193,7 @@ int run_models_inspect(const std::string& path, bool as_json) {
 
 int run_models_compress(const std::string& input, std::optional<std::string> output,
                         const std::string& codec_name, std::optional<int> level, int threads) {
-  const auto codec = apo::models::parse_codec(codec_name);
+  const auto codec = apo::parse_enum<apo::models::Codec>(codec_name);
   if (!codec) {
     fmt::print(stderr, "apo: unknown codec \"{}\" (expected zstd or xz)\n", codec_name);
     return kExitUsage;
@@ -226,7 +226,7 @@ int run_models_quantize(const std::string& input, const std::string& output,
   for (const auto& entry : file.tensors()) tensors.emplace_back(entry.name, file.view(entry.name));
   apo::quant::QuantizationRules rules;
   for (const auto& pattern : keep) rules.keep_patterns.push_back(pattern);
-  const auto scaling = apo::quant::parse_scaling(scaling_name);
+  const auto scaling = apo::parse_enum<apo::quant::Scaling>(scaling_name);
   if (!scaling || *scaling == apo::quant::Scaling::none) {
     fmt::print(stderr, "apo: unknown scaling \"{}\" (expected per_row or per_tensor)\n",
                scaling_name);
@@ -238,15 +238,15 @@ int run_models_quantize(const std::string& input, const std::string& output,
     const std::int64_t available = machine.cuda_devices.empty()
                                        ? machine.memory.available_bytes
                                        : machine.cuda_devices.front().free_bytes;
-    apo::PerformanceOptimization performance;
-    performance.model_precision = apo::Precision::automatic;
-    performance.enable_quantization = true;
+    apo::quant::PrecisionSettings performance;
+    performance.precision = apo::Precision::automatic;
+    performance.allow_8bit = true;
     const auto choice = apo::quant::choose_precision(
         performance, apo::quant::footprint_of(tensors, rules), available);
     rules.spec = choice.spec;
     why = choice.reason;
   } else {
-    const auto format = apo::quant::parse_format(format_name);
+    const auto format = apo::parse_enum<apo::quant::QFormat>(format_name);
     if (!format || *format == apo::quant::QFormat::none) {
       fmt::print(stderr,
                  "apo: unknown format \"{}\" (expected fp8_e4m3, fp8_e5m2, int8, fp16, "

@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <fstream>
+#include <regex>
 #include <set>
 #include <sstream>
 
@@ -12,7 +13,6 @@
 #include <fmt/ranges.h>
 
 #include "apo/core/machine.hpp"
-#include "apo/tune/presets.hpp"
 #include "json_document.hpp"
 #include "text.hpp"
 
@@ -402,6 +402,32 @@ class Reader {
     return true;
   }
 
+  // Lists of regular expressions (keep_full_precision): strings that compile as ECMAScript.
+  bool read(const Json& value, std::vector<std::string>& out, RegexList,
+            const std::string& path) const {
+    if (!value.is_array()) return type_error(path, "a list of regular expressions", value);
+    std::vector<std::string> patterns;
+    bool ok = true;
+    for (std::size_t i = 0; i < value.size(); ++i) {
+      const std::string element_path = fmt::format("{}[{}]", path, i);
+      std::string pattern;
+      if (!read(value[i], pattern, NonEmpty{}, element_path)) {
+        ok = false;
+        continue;
+      }
+      try {
+        const std::regex compiled(pattern, std::regex::ECMAScript);
+      } catch (const std::regex_error& e) {
+        ctx_.problem(element_path, fmt::format("not a regular expression ({})", e.what()));
+        ok = false;
+        continue;
+      }
+      patterns.push_back(std::move(pattern));
+    }
+    if (ok) out = std::move(patterns);
+    return ok;
+  }
+
   // Core lists (cpu_affinity): non-empty, integers in range, no repeats.
   bool read(const Json& value, std::vector<int>& out, const Range& range,
             const std::string& path) const {
@@ -481,6 +507,7 @@ class Writer {
   static Json value(double v) { return v; }
   static Json value(const std::string& v) { return v; }
   static Json value(const std::vector<int>& v) { return v; }
+  static Json value(const std::vector<std::string>& v) { return v; }
   template <NamedEnum E>
   static Json value(E v) {
     return std::string(to_string(v));
@@ -631,20 +658,27 @@ LoadedConfig ConfigLoader::load() const {
       if (!same_stage) continue;
       switch (layer.kind) {
         case Layer::Kind::preset: {
-          const tune::Preset* preset = tune::find_preset(layer.payload);
-          if (preset == nullptr) {
+          const std::optional<std::string_view> json =
+              presets_ ? presets_->find(layer.payload) : std::nullopt;
+          if (!json) {
             std::vector<std::string> names;
-            for (const auto& p : tune::presets()) names.emplace_back(p.name);
+            if (presets_) {
+              for (const std::string_view name : presets_->names()) names.emplace_back(name);
+            }
             const auto near = detail::nearest_name(layer.payload, names);
             problems.push_back(
                 {{"<presets>", 0, 0},
                  "",
-                 fmt::format("unknown preset \"{}\" (expected one of {}{})", layer.payload,
-                             fmt::join(names, ", "),
-                             near ? fmt::format("; did you mean \"{}\"?", *near) : "")});
+                 names.empty()
+                     ? fmt::format("unknown preset \"{}\" (this loader has no presets: use "
+                                   "tune::config_loader())",
+                                   layer.payload)
+                     : fmt::format("unknown preset \"{}\" (expected one of {}{})", layer.payload,
+                                   fmt::join(names, ", "),
+                                   near ? fmt::format("; did you mean \"{}\"?", *near) : "")});
             break;
           }
-          apply(detail::parse_json_document(preset->json, "preset " + std::string(preset->name)));
+          apply(detail::parse_json_document(*json, "preset " + layer.payload));
           break;
         }
         case Layer::Kind::file:

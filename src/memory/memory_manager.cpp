@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <exception>
 
+#include "apo/core/config.hpp"
 #include "apo/memory/caching_pool.hpp"
 
 namespace apo::memory {
@@ -47,16 +48,20 @@ void CleanupRegistration::reset() noexcept {
   registry_.reset();
 }
 
+MemoryManagerOptions::MemoryManagerOptions() : MemoryManagerOptions(Config{}) {}
+
+MemoryManagerOptions::MemoryManagerOptions(const Config& config)
+    // The config only promises a positive number of seconds: keep it within what a duration
+    // holds.
+    : cleanup_interval(
+          std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(
+              std::clamp(config.memory.cleanup_interval_s, 1e-3, 365.0 * 24 * 3600)))),
+      aggressive(config.memory.aggressive_cleanup) {
+  high_water_check_interval = std::min(high_water_check_interval, cleanup_interval);
+}
+
 MemoryManagerOptions MemoryManagerOptions::from_config(const Config& config) {
-  MemoryManagerOptions options;
-  // The config only promises a positive number of seconds: keep it within what a duration holds.
-  const double seconds = std::clamp(config.memory.cleanup_interval_s, 1e-3, 365.0 * 24 * 3600);
-  options.cleanup_interval =
-      std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::duration<double>(seconds));
-  options.aggressive = config.memory.aggressive_cleanup;
-  options.high_water_check_interval =
-      std::min(options.high_water_check_interval, options.cleanup_interval);
-  return options;
+  return MemoryManagerOptions(config);
 }
 
 MemoryManager::MemoryManager(MemoryManagerOptions options, const Clock& clock)
@@ -249,13 +254,8 @@ void MemoryManager::run_thread() {
     }
     lock.lock();
     if (stop_requested_ || woken_ || cleanup_requested_) continue;
-    const auto now = clock_.now();
     const auto due = std::min(next_periodic_, next_high_water_check_);
-    // Real time stands in for the clock's: with a FakeClock, wake() or the next check catches
-    // up with time that moved meanwhile.
-    const auto wait = std::clamp<Clock::duration>(due - now, Clock::duration::zero(),
-                                                  options_.high_water_check_interval);
-    wake_.wait_for(lock, wait, [this] { return stop_requested_ || woken_ || cleanup_requested_; });
+    wake_.wait_until(lock, due, [this] { return stop_requested_ || woken_ || cleanup_requested_; });
   }
 }
 

@@ -20,10 +20,8 @@ namespace apo::memory {
 namespace {
 
 c10::Device device_of(const MemorySpace& space) {
-  if (space.kind == MemoryKind::device) {
-    return c10::Device(c10::DeviceType::CUDA, static_cast<c10::DeviceIndex>(space.device));
-  }
-  return c10::Device(c10::DeviceType::CPU);
+  // Pinned host memory is CPU memory to torch.
+  return space.kind == MemoryKind::device ? space.device.to_torch() : c10::Device(c10::kCPU);
 }
 
 // The context of a pooled DataPtr: a share of the resource, so that it outlives the block.
@@ -156,30 +154,56 @@ CpuAllocationScope::~CpuAllocationScope() {
   ScopedCpuAllocator::current = previous_;
 }
 
-CleanupHook torch_device_cache_hook() {
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 9)
+#define APO_TORCH_DEVICE_STATS 1
+#else
+#define APO_TORCH_DEVICE_STATS 0
+#endif
+
+std::optional<std::int64_t> torch_reserved_bytes(Device device) {
+#if APO_TORCH_DEVICE_STATS
+  if (!device.is_cuda()) return std::nullopt;
+  const auto accelerator = at::accelerator::getAccelerator(/*checked=*/false);
+  if (!accelerator || *accelerator != c10::DeviceType::CUDA ||
+      device.index >= at::accelerator::deviceCount()) {
+    return std::nullopt;
+  }
+  const auto aggregate = static_cast<std::size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
+  return at::accelerator::getDeviceStats(static_cast<c10::DeviceIndex>(device.index))
+      .reserved_bytes[aggregate]
+      .current;
+#else
+  (void)device;
+  return std::nullopt;
+#endif
+}
+
+std::int64_t release_torch_device_cache() {
+#if APO_TORCH_DEVICE_STATS
+  const auto accelerator = at::accelerator::getAccelerator(/*checked=*/false);
+  if (!accelerator) return 0;
+  const auto reserved = [&] {
+    std::int64_t total = 0;
+    const auto aggregate =
+        static_cast<std::size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
+    for (c10::DeviceIndex i = 0; i < at::accelerator::deviceCount(); ++i) {
+      total += at::accelerator::getDeviceStats(i).reserved_bytes[aggregate].current;
+    }
+    return total;
+  };
+  const std::int64_t before = reserved();
+  at::accelerator::emptyCache();
+  return before - reserved();
+#else
+  return 0;
+#endif
+}
+
+CleanupHook torch_device_cache_hook() {
   return [](const CleanupContext& context) -> std::int64_t {
     if (!context.aggressive && context.reason != CleanupReason::requested) return 0;
-    const auto accelerator = at::accelerator::getAccelerator(/*checked=*/false);
-    if (!accelerator) return 0;
-    const auto reserved = [&] {
-      std::int64_t total = 0;
-      const auto aggregate =
-          static_cast<std::size_t>(c10::CachingDeviceAllocator::StatType::AGGREGATE);
-      for (c10::DeviceIndex i = 0; i < at::accelerator::deviceCount(); ++i) {
-        total += at::accelerator::getDeviceStats(i).reserved_bytes[aggregate].current;
-      }
-      return total;
-    };
-    const std::int64_t before = reserved();
-    at::accelerator::emptyCache();
-    return before - reserved();
+    return release_torch_device_cache();
   };
-#else
-  fail(ErrorCode::Unsupported,
-       "torch_device_cache_hook: needs libtorch 2.9 or newer (this is {}.{})", TORCH_VERSION_MAJOR,
-       TORCH_VERSION_MINOR);
-#endif
 }
 
 }  // namespace apo::memory

@@ -173,16 +173,6 @@ std::vector<std::byte> decompress_xz(std::span<const std::byte> input, std::int6
 
 }  // namespace
 
-std::string_view to_string(Codec codec) noexcept {
-  return codec == Codec::zstd ? "zstd" : "xz";
-}
-
-std::optional<Codec> parse_codec(std::string_view name) noexcept {
-  if (name == "zstd" || name == "zst") return Codec::zstd;
-  if (name == "xz" || name == "lzma") return Codec::xz;
-  return std::nullopt;
-}
-
 std::optional<Codec> detect_codec(std::span<const std::byte> first_bytes) noexcept {
   auto starts_with = [&](const auto& magic) {
     return first_bytes.size() >= magic.size() &&

@@ -6,8 +6,6 @@
 #include <cuda_runtime.h>
 
 #include <vector>
-
-#include "apo/core/units.hpp"
 #endif
 
 namespace apo::models::detail {
@@ -40,30 +38,13 @@ class CudaTransferBackend final : public TransferBackend {
       if (e.copied) cudaEventDestroy(e.copied);
       if (e.released) cudaEventDestroy(e.released);
     }
-    for (void* p : device_memory_) cudaFree(p);
-    for (void* p : pinned_memory_) cudaFreeHost(p);
     cudaStreamDestroy(side_);
   }
 
-  void* allocate(std::int64_t bytes) override {
-    void* p = nullptr;
+  void synchronize() override {
     check(cudaSetDevice(device_), "cudaSetDevice");
-    const cudaError_t status = cudaMalloc(&p, static_cast<std::size_t>(bytes));
-    if (status == cudaErrorMemoryAllocation) {
-      fail(ErrorCode::OutOfMemory, "cuda:{} cannot hold {} more for weight streaming", device_,
-           format_bytes(bytes));
-    }
-    check(status, "cudaMalloc");
-    device_memory_.push_back(p);
-    return p;
-  }
-
-  void* host_staging(std::int64_t bytes) override {
-    void* p = nullptr;
-    check(cudaHostAlloc(&p, static_cast<std::size_t>(bytes), cudaHostAllocDefault),
-          "cudaHostAlloc (pinned staging)");
-    pinned_memory_.push_back(p);
-    return p;
+    check(cudaStreamSynchronize(side_), "cudaStreamSynchronize");
+    check(cudaStreamSynchronize(compute_), "cudaStreamSynchronize");
   }
 
   void copy(void* device, const void* host, std::int64_t bytes, int wait_for_slot) override {
@@ -93,9 +74,7 @@ class CudaTransferBackend final : public TransferBackend {
     check(cudaEventRecord(e.released, compute_), "cudaEventRecord");
   }
 
-  c10::Device device() const override {
-    return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device_));
-  }
+  Device device() const override { return Device::cuda(device_); }
 
  private:
   struct Events {
@@ -111,8 +90,6 @@ class CudaTransferBackend final : public TransferBackend {
   cudaStream_t compute_;
   cudaStream_t side_ = nullptr;
   std::vector<Events> events_;
-  std::vector<void*> device_memory_;
-  std::vector<void*> pinned_memory_;
 };
 
 }  // namespace

@@ -24,7 +24,15 @@ void Model::index() {
   bytes_ = 0;
   original_bytes_ = 0;
   spec_ = {};
-  device_ = weights_.empty() ? c10::Device(c10::kCPU) : weights_.front().device();
+  device_ = Device::cpu();
+  if (!weights_.empty()) {
+    const auto device = Device::from_torch(weights_.front().device());
+    if (!device) {
+      fail(ErrorCode::Unsupported, "model {} lives on {}, a device apo does not run on", path_,
+           weights_.front().device().str());
+    }
+    device_ = *device;
+  }
   for (std::size_t i = 0; i < weights_.size(); ++i) {
     const quant::QTensor& w = weights_[i];
     if (!index_.emplace(w.name(), i).second) {
@@ -56,7 +64,7 @@ at::Tensor Model::dense(std::string_view name, std::optional<at::ScalarType> dty
   return weight(name).dequantize(dtype);
 }
 
-Model Model::to(c10::Device device, const memory::AnyResource* host_memory) const {
+Model Model::to(Device device, const memory::AnyResource* host_memory) const {
   auto copy = [&](const at::Tensor& t) -> at::Tensor {
     if (!t.defined()) return t;
     if (device.is_cpu() && host_memory != nullptr) {
@@ -64,7 +72,7 @@ Model Model::to(c10::Device device, const memory::AnyResource* host_memory) cons
       out.copy_(t);
       return out;
     }
-    return t.to(device, /*non_blocking=*/false, /*copy=*/true);
+    return t.to(device.to_torch(), /*non_blocking=*/false, /*copy=*/true);
   };
   std::vector<quant::QTensor> moved;
   moved.reserve(weights_.size());
@@ -140,8 +148,8 @@ std::vector<quant::QTensor> read_model_weights(const std::filesystem::path& path
       !description["format"].is_string() || !description["scaling"].is_string()) {
     corrupt("expected {\"format\", \"scaling\", \"tensors\": {name: dtype}}");
   }
-  const auto format = quant::parse_format(description["format"].get<std::string>());
-  const auto scaling = quant::parse_scaling(description["scaling"].get<std::string>());
+  const auto format = parse_enum<quant::QFormat>(description["format"].get<std::string>());
+  const auto scaling = parse_enum<quant::Scaling>(description["scaling"].get<std::string>());
   if (!format || !scaling) corrupt("unknown format or scaling");
   std::vector<quant::QTensor> weights;
   for (const auto& entry : file.tensors()) {

@@ -1,4 +1,5 @@
-// ModelCache: tiers, leases, sharing, eviction, loading, LoRA switching and preloading.
+// ModelCache: tiers over memory ledgers, leases, sharing, eviction, loading, LoRA switching and
+// preloading.
 
 #include "apo/models/model_cache.hpp"
 
@@ -12,6 +13,7 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include "apo/core/config.hpp"
 #include "apo/core/error.hpp"
 #include "apo/core/units.hpp"
 #include "apo/memory/caching_pool.hpp"
@@ -20,36 +22,40 @@
 #include "apo/models/lora.hpp"
 #include "apo/models/safetensors.hpp"
 #include "apo/quant/kernels.hpp"
-#include "apo/quant/precision.hpp"
-#include "apo/tune/presets.hpp"
 
 namespace apo::models {
 
+using memory::LedgerUse;
+
 namespace detail {
 
-// What makes two requests the same model: the file, the precision asked for, and the scope
-// ("" when shared, else the workflow).
+// What makes two requests the same model: the file, the precision asked for (unset: the
+// quantization policy's choice), and the scope ("" when shared, else the workflow).
 struct Identity {
   std::string path;
-  Precision precision;
+  std::optional<Precision> precision;
   std::string scope;
   friend bool operator==(const Identity&, const Identity&) = default;
 };
+
+struct Tier;
 
 struct Instance {
   enum class State { loading, ready, failed, gone };
 
   Identity id;
   ModelKind kind;
-  c10::Device tier{c10::kCPU};  // cpu: the host tier
+  Tier* tier = nullptr;
   State state = State::loading;
   std::shared_ptr<Model> model;
-  std::int64_t bytes = 0;  // counted in the tier (the estimate while loading)
+  std::int64_t bytes = 0;  // charged to the tier's ledger (the estimate while loading)
   int leases = 0;
   Clock::time_point last_used{};
   std::exception_ptr error;
-  bool streamed = false;  // a host instance standing in for a device it does not fit
-  std::int64_t stream_budget = 0;
+  // A host instance standing in for a device it does not fit: the device's ledger, for its
+  // streamer's slots.
+  std::shared_ptr<memory::MemoryLedger> stream_ledger;
+  std::string storage_reason;  // the quantization policy's, or how it came here
   // LoRAs merged now, the original weights they replaced (on the host), and whether a switch is
   // in progress (nobody else may use or switch the instance meanwhile).
   std::vector<LoraRequest> loras;
@@ -57,10 +63,15 @@ struct Instance {
   bool switching = false;
 };
 
+// A tier: the models the cache keeps in one ledger's memory.
 struct Tier {
-  std::int64_t budget = 0;
-  std::int64_t used = 0;
+  std::shared_ptr<memory::MemoryLedger> ledger;
+  std::optional<Device> device;  // the device it computes for; unset: the host tier alone
+  bool host = false;             // holds models offloaded from devices
+  std::int64_t used = 0;         // weights charged to the ledger by this cache
   std::vector<std::shared_ptr<Instance>> instances;
+
+  std::string name() const { return device ? device->str() + " tier" : "host tier"; }
 };
 
 // Loader threads with a queue; joined on destruction.
@@ -114,9 +125,10 @@ struct ModelMutation {
 
 // Pinned host memory when the cache serves CUDA devices (copies to them then run at full
 // speed), plain host memory otherwise.
-std::shared_ptr<memory::CachingPool> make_host_pool(const ModelCacheOptions& options) {
-  const bool serves_cuda = std::any_of(options.device_budgets.begin(), options.device_budgets.end(),
-                                       [](const auto& budget) { return budget.first.is_cuda(); });
+memory::AnyResource default_host_memory(const ModelCacheOptions& options) {
+  const bool serves_cuda =
+      std::any_of(options.device_ledgers.begin(), options.device_ledgers.end(),
+                  [](const auto& ledger) { return ledger && ledger->device().is_cuda(); });
   if (serves_cuda && memory::cuda_device_available()) {
     return std::make_shared<memory::CachingPool>(memory::PinnedHostResource());
   }
@@ -127,39 +139,37 @@ struct CacheState {
   CacheState(ModelCacheOptions o, const Clock& c)
       : options(std::move(o)),
         clock(c),
-        host_pool(make_host_pool(options)),
-        host_memory(host_pool) {}
+        host_memory(options.host_memory ? *options.host_memory : default_host_memory(options)) {}
 
   ModelCacheOptions options;
   const Clock& clock;
   mutable std::mutex mutex;
   std::condition_variable changed;
-  std::map<std::string, Tier> tiers;  // by device string: "cpu", "cuda:0"
+  std::vector<std::unique_ptr<Tier>> tiers;  // stable addresses: instances point at them
+  Tier* host = nullptr;
   CacheStats stats;
   bool closed = false;
-  // Host-tier and cpu:0 copies come from this pool (pinned when CUDA devices are in use), so
-  // tier moves reuse memory instead of faulting fresh pages in.
-  std::shared_ptr<memory::CachingPool> host_pool;
+  // Host-tier copies come from here (pinned when CUDA devices are in use), so tier moves reuse
+  // memory instead of faulting fresh pages in.
   memory::AnyResource host_memory;
   std::map<std::string, std::shared_ptr<const LoraAdapter>> adapters;
+  // Planned bytes of (file, precision asked), for footprint(): planning reads the header.
+  mutable std::map<std::pair<std::string, int>, std::int64_t> planned;
   std::unique_ptr<LoaderPool> pool;  // last member: its threads stop before the rest goes
 
-  // The tier a device's models live in: "cpu" is the host tier; "cpu:0" is a device tier in host
-  // memory when it has a budget (CPU engines, and tests of tiering without a GPU).
-  c10::Device tier_of(c10::Device device) const {
-    if (device.is_cpu()) {
-      return device.index() == 0 && tiers.count("cpu:0") != 0 ? c10::Device(c10::kCPU, 0)
-                                                              : c10::Device(c10::kCPU);
+  // The tier that computes on `device`; the CPU without a ledger of its own is the host tier.
+  Tier* find_tier(Device device) const {
+    for (const auto& tier : tiers) {
+      if (tier->device == device) return tier.get();
     }
-    return c10::Device(device.type(), std::max<c10::DeviceIndex>(device.index(), 0));
+    return device.is_cpu() ? host : nullptr;
   }
-
-  Tier& tier(c10::Device device) {
-    const auto it = tiers.find(device.str());
-    if (it == tiers.end()) {
-      fail(ErrorCode::InvalidArgument, "the model cache has no budget for {}", device.str());
+  Tier& tier_for(Device device) const {
+    Tier* tier = find_tier(device);
+    if (tier == nullptr) {
+      fail(ErrorCode::InvalidArgument, "the model cache has no ledger for {}", device.str());
     }
-    return it->second;
+    return *tier;
   }
 };
 
@@ -179,8 +189,13 @@ std::shared_ptr<Instance> find(Tier& tier, const Identity& id) {
   return nullptr;
 }
 
-// Text encoders and VAEs serve every workflow: a resident copy of the same file at a precision
-// at least as good as the one asked for will do.
+// Bytes per element of what an instance stores (kept tensors count as fp32).
+int stored_bytes_per_element(const Instance& inst) {
+  return bytes_per_element(quant::precision_of(inst.model->spec().format));
+}
+
+// Text encoders and VAEs serve every workflow: a resident copy of the same file stored at a
+// precision at least as good as the one asked for will do.
 std::shared_ptr<Instance> find_shareable(Tier& tier, const Identity& id) {
   std::shared_ptr<Instance> best;
   for (auto& inst : tier.instances) {
@@ -188,7 +203,9 @@ std::shared_ptr<Instance> find_shareable(Tier& tier, const Identity& id) {
         !inst->id.scope.empty())
       continue;
     if (!shared_between_workflows(inst->kind)) continue;
-    if (apo::bytes_per_element(inst->id.precision) < apo::bytes_per_element(id.precision)) continue;
+    if (id.precision && stored_bytes_per_element(*inst) < bytes_per_element(*id.precision)) {
+      continue;
+    }
     if (!best || inst->last_used > best->last_used) best = inst;
   }
   return best;
@@ -198,12 +215,13 @@ void remove(Tier& tier, const std::shared_ptr<Instance>& inst) {
   tier.instances.erase(std::remove(tier.instances.begin(), tier.instances.end(), inst),
                        tier.instances.end());
   tier.used -= inst->bytes;
+  tier.ledger->release(LedgerUse::weights, inst->bytes);
 }
 
 // Puts the merged weights back: the originals were kept on the host, bit for bit.
 void restore_originals(Instance& inst) {
   for (auto& [name, original] : inst.originals) {
-    const c10::Device device = inst.model->device();
+    const c10::Device device = inst.model->device().to_torch();
     detail::ModelMutation::weight(*inst.model, name) = quant::QTensor::from_parts(
         original.name(), original.data().to(device),
         original.scales().defined() ? original.scales().to(device) : at::Tensor(),
@@ -213,77 +231,64 @@ void restore_originals(Instance& inst) {
   inst.loras.clear();
 }
 
-bool is_host(c10::Device tier) {
-  return tier.is_cpu() && tier.index() < 0;
-}
-
-std::string describe_tier(c10::Device tier) {
-  return is_host(tier) ? std::string("host tier") : tier.str() + " tier";
-}
-
-// The model's real size once loaded at `precision` into room `available_bytes`, and the spec.
+// How a model will be stored and what that takes.
 struct LoadPlan {
-  quant::QuantSpec spec;
+  quant::QuantizationRules rules;
   std::int64_t bytes = 0;
   std::string reason;
 };
 
 LoadPlan plan_load(const ModelCacheOptions& options, const std::filesystem::path& path,
-                   Precision precision, std::int64_t available_bytes) {
+                   std::optional<Precision> requested, std::int64_t available_bytes) {
   const SafetensorsFile file = SafetensorsFile::open(path);
   std::int64_t file_bytes = 0;
   for (const auto& entry : file.tensors()) file_bytes += entry.bytes();
-  if (file.metadata().count(std::string(kQuantizationMetadataKey)) != 0 ||
-      precision == Precision::fp32) {
-    return {{}, file_bytes, "as stored"};
+  if (file.metadata().count(std::string(kQuantizationMetadataKey)) != 0) {
+    LoadPlan plan;
+    plan.rules.spec = {};
+    plan.bytes = file_bytes;
+    plan.reason = "quantized by apo: loaded as stored";
+    return plan;
   }
   quant::NamedTensors views;
   for (const auto& entry : file.tensors()) views.emplace_back(entry.name, file.view(entry.name));
-  PerformanceOptimization performance;
-  performance.model_precision = precision;
-  performance.enable_quantization = options.allow_8bit;
-  performance.quantization_memory_fraction = options.quantization_memory_fraction;
-  const quant::ModelFootprint footprint = quant::footprint_of(views, options.rules);
-  if (footprint.parameter_count == 0) return {{}, file_bytes, "no floating-point weights"};
-  const auto choice =
-      quant::choose_precision(performance, footprint, std::max<std::int64_t>(available_bytes, 1));
-  // Tensors the rules keep are stored as they are; the choice counts every parameter.
-  return {choice.spec, std::max(choice.weight_bytes, std::int64_t{0}), choice.reason};
+  const quant::LoadRequest request{path.native(), requested, available_bytes};
+  quant::StoragePlan plan = options.quantization(views, request);
+  return {std::move(plan.rules), std::max<std::int64_t>(plan.weight_bytes, 0),
+          std::move(plan.reason)};
+}
+
+std::filesystem::path resolve(const ModelCacheOptions& options, const ModelRef& ref) {
+  std::filesystem::path path = ref.path;
+  if (path.is_relative() && !options.model_root.empty()) path = options.model_root / path;
+  return path;
 }
 
 }  // namespace
 
-ModelCacheOptions ModelCacheOptions::from_config(const Config& config, const MachineInfo& machine) {
-  ModelCacheOptions options;
-  for (const auto& device : machine.cuda_devices) {
-    const double gib = config.performance.max_memory_usage_gib.value_or(
-        tune::device_memory_budget_gib(device.total_bytes));
-    options.device_budgets.emplace_back(
-        c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(device.index)), gib_to_bytes(gib));
-  }
-  options.host_budget_bytes = gib_to_bytes(
-      config.system.memory_pool_size_gib.value_or(bytes_to_gib(machine.memory.total_bytes) / 2));
-  options.eviction_threshold = config.memory.eviction_threshold;
-  options.share_models = config.memory.enable_model_sharing;
-  options.demote_to_host = config.memory.enable_cpu_offload;
-  options.stream_when_too_large = config.memory.enable_sequential_cpu_offload;
-  options.keep_host_copy = config.storage.preload_models;
-  options.precision = config.performance.model_precision;
-  options.allow_8bit = config.performance.enable_quantization;
-  options.quantization_memory_fraction = config.performance.quantization_memory_fraction;
-  options.io_threads = config.system.io_threads;
-  options.async_io = config.storage.async_io;
-  options.model_root = config.storage.model_cache_path;
-  options.converted_models = std::filesystem::path(config.storage.temp_path) / "apo-converted";
-  options.io_buffer_bytes = std::int64_t{config.storage.io_buffer_size_mb} << 20;
-  return options;
+ModelCacheOptions::ModelCacheOptions() : ModelCacheOptions(Config{}) {}
+
+ModelCacheOptions::ModelCacheOptions(const Config& config)
+    : eviction_threshold(config.memory.eviction_threshold),
+      share_models(config.memory.enable_model_sharing),
+      demote_to_host(config.memory.enable_cpu_offload),
+      stream_when_too_large(config.memory.enable_sequential_cpu_offload),
+      keep_host_copy(config.storage.preload_models),
+      quantization(planner_of(quant::ConfiguredPrecision::from_config(config))),
+      io_threads(config.system.io_threads),
+      async_io(config.storage.async_io),
+      model_root(config.storage.model_cache_path),
+      converted_models(std::filesystem::path(config.storage.temp_path) / "apo-converted"),
+      io_buffer_bytes(std::int64_t{config.storage.io_buffer_size_mb} << 20) {}
+
+ModelCacheOptions ModelCacheOptions::from_config(const Config& config) {
+  return ModelCacheOptions(config);
 }
 
 // ---------------------------------------------------------------------------------------------
 // Lease
 
-Lease::Lease(std::shared_ptr<CacheState> state, std::shared_ptr<Instance> instance,
-             c10::Device device)
+Lease::Lease(std::shared_ptr<CacheState> state, std::shared_ptr<Instance> instance, Device device)
     : state_(std::move(state)), instance_(std::move(instance)), device_(device) {}
 
 Lease::Lease(Lease&& other) noexcept
@@ -328,12 +333,18 @@ const Model& Lease::model() const {
 }
 
 bool Lease::streamed() const noexcept {
-  return instance_ && instance_->streamed;
+  return instance_ && instance_->stream_ledger != nullptr;
+}
+
+std::string Lease::storage_reason() const {
+  if (!instance_) fail(ErrorCode::InvalidArgument, "empty lease");
+  std::lock_guard lock(state_->mutex);
+  return instance_->storage_reason;
 }
 
 std::unique_ptr<WeightStreamer> Lease::streamer(std::uintptr_t compute_stream) const {
   const Model& m = model();
-  if (!instance_->streamed) {
+  if (!instance_->stream_ledger) {
     fail(ErrorCode::InvalidArgument, "{} is resident on {}: it needs no streaming", m.path(),
          m.device().str());
   }
@@ -346,10 +357,14 @@ std::unique_ptr<WeightStreamer> Lease::streamer(std::uintptr_t compute_stream) c
     order.emplace_back(w.name(), static_cast<std::int64_t>(dense.nbytes()));
     host.emplace(w.name(), std::move(dense));
   }
+  const std::shared_ptr<memory::MemoryLedger>& ledger = instance_->stream_ledger;
   auto blocks = group_into_blocks(order);
-  auto plan = plan_weight_streaming(blocks, instance_->stream_budget);
+  auto plan = plan_weight_streaming(blocks, ledger->room(LedgerUse::staging));
+  StreamingMemory memory = StreamingMemory::plain(device_);
+  memory.device = memory::LedgerResource(std::move(memory.device), ledger, LedgerUse::staging);
+  memory.host = state_->host_memory;
   return std::make_unique<WeightStreamer>(host, std::move(blocks), std::move(plan), device_,
-                                          compute_stream);
+                                          std::move(memory), compute_stream);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -357,69 +372,95 @@ std::unique_ptr<WeightStreamer> Lease::streamer(std::uintptr_t compute_stream) c
 
 ModelCache::ModelCache(ModelCacheOptions options, const Clock& clock)
     : state_(std::make_shared<CacheState>(std::move(options), clock)) {
-  ModelCacheOptions& o = state_->options;
+  CacheState& s = *state_;
+  const ModelCacheOptions& o = s.options;
   if (o.eviction_threshold <= 0 || o.eviction_threshold > 1) {
     fail(ErrorCode::InvalidArgument, "eviction threshold {} is outside (0, 1]",
          o.eviction_threshold);
   }
-  if (o.host_budget_bytes <= 0)
-    fail(ErrorCode::InvalidArgument, "the host tier needs a positive budget");
-  state_->tiers["cpu"].budget = o.host_budget_bytes;
-  for (const auto& [device, budget] : o.device_budgets) {
-    const bool host_device = device.is_cpu() && device.index() == 0;
-    if ((!device.is_cuda() && !host_device) || budget <= 0) {
-      fail(ErrorCode::InvalidArgument,
-           "device budget {} for {}: expected a CUDA device (or cpu:0) and a positive budget",
-           budget, device.str());
+  if (!o.host_ledger) fail(ErrorCode::InvalidArgument, "the model cache needs a host ledger");
+  if (!o.quantization) fail(ErrorCode::InvalidArgument, "the model cache needs a quantization");
+  for (const auto& ledger : o.device_ledgers) {
+    if (!ledger) fail(ErrorCode::InvalidArgument, "a null device ledger");
+    if (s.find_tier(ledger->device()) != nullptr && s.find_tier(ledger->device()) != s.host) {
+      fail(ErrorCode::InvalidArgument, "two ledgers for {}", ledger->device().str());
     }
-    const c10::Device tier(device.type(), std::max<c10::DeviceIndex>(device.index(), 0));
-    state_->tiers[tier.str()].budget = budget;
+    auto tier = std::make_unique<Tier>();
+    tier->ledger = ledger;
+    tier->device = ledger->device();
+    tier->host = ledger == o.host_ledger;
+    if (tier->host) s.host = tier.get();
+    s.tiers.push_back(std::move(tier));
   }
-  state_->pool = std::make_unique<detail::LoaderPool>(o.async_io ? std::max(1, o.io_threads) : 1);
+  if (s.host == nullptr) {
+    if (o.host_ledger->device() != Device::cpu()) {
+      fail(ErrorCode::InvalidArgument, "the host ledger is for {}, not the cpu",
+           o.host_ledger->device().str());
+    }
+    auto tier = std::make_unique<Tier>();
+    tier->ledger = o.host_ledger;
+    tier->host = true;
+    s.host = tier.get();
+    s.tiers.push_back(std::move(tier));
+  }
+  s.pool = std::make_unique<detail::LoaderPool>(o.async_io ? std::max(1, o.io_threads) : 1);
 }
 
 ModelCache::~ModelCache() {
   state_->pool.reset();  // runs what is queued, then joins
   std::lock_guard lock(state_->mutex);
   state_->closed = true;
+  // The ledgers outlive the cache: give back what its models held there. Instances still
+  // leased keep their memory until the leases end, unaccounted, as they refuse use.
+  for (auto& tier : state_->tiers) {
+    tier->ledger->release(LedgerUse::weights, tier->used);
+    tier->used = 0;
+  }
 }
 
 const ModelCacheOptions& ModelCache::options() const noexcept {
   return state_->options;
 }
 
-Lease ModelCache::acquire(const ModelRef& ref, c10::Device device, std::vector<LoraRequest> loras) {
+Lease ModelCache::acquire(const ModelRef& ref, Device device, std::vector<LoraRequest> loras) {
   return acquire_async(ref, device, std::move(loras)).get();
 }
 
-std::future<Lease> ModelCache::acquire_async(ModelRef ref, c10::Device device,
+std::future<Lease> ModelCache::acquire_async(ModelRef ref, Device device,
                                              std::vector<LoraRequest> loras) {
+  Tier& wanted = state_->tier_for(device);  // a device without a ledger is an error at once
   auto task = std::make_shared<std::packaged_task<Lease()>>(
-      [this, ref = std::move(ref), device, loras = std::move(loras)]() mutable {
-        return acquire_now(ref, device, std::move(loras));
+      [this, ref = std::move(ref), &wanted, device, loras = std::move(loras)]() mutable {
+        return acquire_now(ref, wanted, device, std::move(loras));
       });
   std::future<Lease> result = task->get_future();
   state_->pool->submit([task] { (*task)(); });
   return result;
 }
 
+Lease ModelCache::acquire_host(const ModelRef& ref) {
+  Tier& host = *state_->host;
+  auto task = std::make_shared<std::packaged_task<Lease()>>(
+      [this, &ref, &host] { return acquire_now(ref, host, Device::cpu(), {}); });
+  std::future<Lease> result = task->get_future();
+  state_->pool->submit([task] { (*task)(); });
+  return result.get();
+}
+
 namespace {
 
-// Evicts least-recently-used unleased instances of `tier` until `bytes` more stay within the
-// threshold; demotes device instances to the host tier when allowed and there is room.
-void make_room(CacheState& s, c10::Device tier_device, std::int64_t bytes, const std::string& what,
-               bool may_evict);
+void reserve(CacheState& s, Tier& tier, std::int64_t bytes, const std::string& what);
 
-void evict(CacheState& s, c10::Device tier_device, const std::shared_ptr<Instance>& victim) {
-  Tier& tier = s.tier(tier_device);
+// Removes `victim` from `tier`; demotes it to the host tier when offload allows and it has room.
+void evict(CacheState& s, Tier& tier, const std::shared_ptr<Instance>& victim) {
   remove(tier, victim);
   victim->state = Instance::State::gone;
   ++s.stats.evictions;
-  if (is_host(tier_device) || !s.options.demote_to_host || victim->streamed) return;
-  Tier& host = s.tier(c10::Device(c10::kCPU));
+  Tier& host = *s.host;
+  if (tier.host || !s.options.demote_to_host || victim->stream_ledger) return;
   if (find(host, victim->id)) return;  // the host already has it
   try {
-    make_room(s, c10::Device(c10::kCPU), victim->bytes, victim->id.path, true);
+    reserve(s, host, victim->bytes, victim->id.path);
   } catch (const Error&) {
     return;  // no room on the host: dropped
   }
@@ -427,43 +468,75 @@ void evict(CacheState& s, c10::Device tier_device, const std::shared_ptr<Instanc
   auto demoted = std::make_shared<Instance>();
   demoted->id = victim->id;
   demoted->kind = victim->kind;
-  demoted->model =
-      std::make_shared<Model>(victim->model->to(c10::Device(c10::kCPU), &s.host_memory));
-  demoted->bytes = demoted->model->bytes();
+  demoted->tier = &host;
+  try {
+    demoted->model = std::make_shared<Model>(victim->model->to(Device::cpu(), &s.host_memory));
+  } catch (...) {
+    host.used -= victim->bytes;
+    host.ledger->release(LedgerUse::weights, victim->bytes);
+    return;  // dropped
+  }
+  // The copy may differ from the reservation (the device's allocator rounds differently).
+  demoted->bytes = victim->bytes;
+  demoted->storage_reason = victim->storage_reason;
   demoted->state = Instance::State::ready;
   demoted->last_used = victim->last_used;
   host.instances.push_back(demoted);
-  host.used += demoted->bytes;
   ++s.stats.demotions;
   s.stats.bytes_moved += demoted->bytes;
 }
 
-void make_room(CacheState& s, c10::Device tier_device, std::int64_t bytes, const std::string& what,
-               bool may_evict) {
-  Tier& tier = s.tier(tier_device);
-  if (bytes > tier.budget) {
-    fail(ErrorCode::OutOfMemory, "{} needs {}, more than the {} budget of {}", what,
-         format_bytes(bytes), describe_tier(tier_device), format_bytes(tier.budget));
-  }
-  const auto limit =
-      static_cast<std::int64_t>(s.options.eviction_threshold * static_cast<double>(tier.budget));
-  while (may_evict && tier.used + bytes > limit) {
+// Evicts least-recently-used unleased instances of `tier` while its ledger's use plus `bytes`
+// would pass the eviction threshold; returns the bytes evicted.
+std::int64_t evict_for(CacheState& s, Tier& tier, std::int64_t bytes) {
+  const auto limit = static_cast<std::int64_t>(s.options.eviction_threshold *
+                                               static_cast<double>(tier.ledger->budget_bytes()));
+  std::int64_t evicted = 0;
+  while (tier.ledger->snapshot().used_bytes + bytes > limit) {
     std::shared_ptr<Instance> victim;
     for (auto& inst : tier.instances) {
       if (inst->state != Instance::State::ready || inst->leases > 0 || inst->switching) continue;
       if (!victim || inst->last_used < victim->last_used) victim = inst;
     }
     if (!victim) break;
-    evict(s, tier_device, victim);
+    evicted += victim->bytes;
+    evict(s, tier, victim);
   }
-  if (tier.used + bytes > (may_evict ? tier.budget : limit)) {
+  return evicted;
+}
+
+// Makes room in `tier` (evicting within the threshold) and charges `bytes` of weights to its
+// ledger, or throws OutOfMemory naming the sizes and the ledger.
+void reserve(CacheState& s, Tier& tier, std::int64_t bytes, const std::string& what) {
+  const std::int64_t budget = tier.ledger->budget_bytes();
+  if (bytes > budget) {
+    fail(ErrorCode::OutOfMemory, "{} needs {}, more than the {} budget of {}", what,
+         format_bytes(bytes), tier.name(), format_bytes(budget));
+  }
+  evict_for(s, tier, bytes);
+  if (!tier.ledger->try_charge(LedgerUse::weights, bytes)) {
     std::int64_t leased = 0;
-    for (auto& inst : tier.instances)
+    for (auto& inst : tier.instances) {
       leased += inst->leases > 0 || inst->state == Instance::State::loading ? inst->bytes : 0;
-    fail(ErrorCode::OutOfMemory, "{} needs {}; the {} holds {} of {} ({} leased or loading)", what,
-         format_bytes(bytes), describe_tier(tier_device), format_bytes(tier.used),
-         format_bytes(tier.budget), format_bytes(leased));
+    }
+    fail(ErrorCode::OutOfMemory,
+         "{} needs {}; the {} holds {} of weights ({} leased or loading); {}", what,
+         format_bytes(bytes), tier.name(), format_bytes(tier.used), format_bytes(leased),
+         tier.ledger->describe());
   }
+  tier.used += bytes;
+}
+
+// Moves the charge of an instance from its estimate to what it really holds.
+void settle(Tier& tier, Instance& inst, std::int64_t bytes) {
+  if (bytes > inst.bytes) {
+    // The plan underestimated: the memory is held already, so the ledger must know it.
+    tier.ledger->charge_held(LedgerUse::weights, bytes - inst.bytes);
+  } else {
+    tier.ledger->release(LedgerUse::weights, inst.bytes - bytes);
+  }
+  tier.used += bytes - inst.bytes;
+  inst.bytes = bytes;
 }
 
 std::shared_ptr<const LoraAdapter> adapter_for(CacheState& s, const std::filesystem::path& path) {
@@ -566,22 +639,35 @@ std::vector<quant::QTensor> read_from_disk(CacheState& s, const std::filesystem:
 
 // Keeps a host copy of a model read from disk (storage_optimization.preload_models), if there is
 // room; otherwise the next load reads the disk again.
-void keep_on_host(CacheState& s, const Identity& id, ModelKind kind, std::shared_ptr<Model> model) {
+void keep_on_host(CacheState& s, const Identity& id, ModelKind kind, std::shared_ptr<Model> model,
+                  const std::string& storage_reason) {
+  Tier& host = *s.host;
   try {
-    make_room(s, c10::Device(c10::kCPU), model->bytes(), id.path, true);
+    reserve(s, host, model->bytes(), id.path);
   } catch (const Error&) {
     return;
   }
   auto kept = std::make_shared<Instance>();
   kept->id = id;
   kept->kind = kind;
+  kept->tier = &host;
   kept->bytes = model->bytes();
+  kept->storage_reason = storage_reason;
   kept->model = std::move(model);
   kept->state = Instance::State::ready;
   kept->last_used = s.clock.now();
-  Tier& host = s.tier(c10::Device(c10::kCPU));
   host.instances.push_back(kept);
-  host.used += kept->bytes;
+}
+
+// Bytes the unleased, ready instances of a tier hold: what eviction could free.
+std::int64_t evictable_bytes(const Tier& tier) {
+  std::int64_t bytes = 0;
+  for (const auto& inst : tier.instances) {
+    if (inst->state == Instance::State::ready && inst->leases == 0 && !inst->switching) {
+      bytes += inst->bytes;
+    }
+  }
+  return bytes;
 }
 
 }  // namespace
@@ -590,7 +676,7 @@ void keep_on_host(CacheState& s, const Identity& id, ModelKind kind, std::shared
 // free); nullopt after waiting, so the caller looks again.
 std::optional<Lease> ModelCache::take(std::unique_lock<std::mutex>& lock,
                                       const std::shared_ptr<Instance>& inst,
-                                      const std::vector<LoraRequest>& loras, c10::Device device) {
+                                      const std::vector<LoraRequest>& loras, Device device) {
   CacheState& s = *state_;
   const bool same = inst->loras == loras && !inst->switching;
   if (!same && (inst->leases > 0 || inst->switching)) {
@@ -618,31 +704,29 @@ std::optional<Lease> ModelCache::take(std::unique_lock<std::mutex>& lock,
   return Lease(state_, inst, device);
 }
 
-Lease ModelCache::acquire_now(const ModelRef& ref, c10::Device device,
+Lease ModelCache::acquire_now(const ModelRef& ref, Tier& wanted, Device device,
                               std::vector<LoraRequest> loras) {
   CacheState& s = *state_;
-  std::filesystem::path path = ref.path;
-  if (path.is_relative() && !s.options.model_root.empty()) path = s.options.model_root / path;
+  std::filesystem::path path = resolve(s.options, ref);
   if (!std::filesystem::exists(path))
     throw Error(ErrorCode::NotFound, "no such model file", path.string());
   path = std::filesystem::canonical(path);
-  const Precision precision = ref.precision.value_or(s.options.precision);
-  const Identity id{path.string(), precision,
+  const Identity id{path.string(), ref.precision,
                     s.options.share_models ? std::string() : ref.workflow};
-  const c10::Device wanted = s.tier_of(device);
-  const c10::Device host_device(c10::kCPU);
+  Tier& host = *s.host;
 
   std::unique_lock lock(s.mutex);
-  s.tier(wanted);  // a device without a budget is an error
   bool counted = false;
   for (;;) {
-    std::shared_ptr<Instance> inst = find(s.tier(wanted), id);
-    if (!inst && !is_host(wanted)) {
+    std::shared_ptr<Instance> inst = find(wanted, id);
+    if (!inst && !wanted.host) {
       // A model streamed to this device lives in the host tier.
-      if (auto host = find(s.tier(host_device), id); host && host->streamed) inst = host;
+      if (auto streamed = find(host, id); streamed && streamed->stream_ledger == wanted.ledger) {
+        inst = streamed;
+      }
     }
     if (!inst && s.options.share_models && shared_between_workflows(ref.kind)) {
-      inst = find_shareable(s.tier(wanted), id);
+      inst = find_shareable(wanted, id);
     }
     if (inst && inst->state == Instance::State::loading) {
       s.changed.wait(lock);
@@ -660,34 +744,36 @@ Lease ModelCache::acquire_now(const ModelRef& ref, c10::Device device,
     if (!counted) ++s.stats.misses;
     counted = true;
     std::shared_ptr<Instance> source;
-    if (!is_host(wanted)) {
-      source = find(s.tier(host_device), id);
-      if (source && (source->state != Instance::State::ready || source->streamed)) source.reset();
+    if (!wanted.host) {
+      source = find(host, id);
+      if (source && (source->state != Instance::State::ready || source->stream_ledger)) {
+        source.reset();
+      }
     }
+    // The room a model could have here: what is free, and what eviction could free.
+    const std::int64_t available =
+        wanted.ledger->room(LedgerUse::weights) + evictable_bytes(wanted);
     lock.unlock();
-    const LoadPlan plan = source ? LoadPlan{{}, source->model->bytes(), "promoted"}
-                                 : plan_load(s.options, path, precision, s.tier(wanted).budget);
+    LoadPlan plan = source ? LoadPlan{{}, source->model->bytes(), source->storage_reason}
+                           : plan_load(s.options, path, ref.precision, available);
     lock.lock();
-    if (find(s.tier(wanted), id)) continue;  // someone else started it meanwhile
-    c10::Device tier_device = wanted;
-    bool streamed = false;
-    if (plan.bytes > s.tier(wanted).budget && !is_host(wanted) && s.options.stream_when_too_large) {
-      streamed = true;  // lives in the host tier, streams to the device
-      tier_device = host_device;
+    if (find(wanted, id)) continue;  // someone else started it meanwhile
+    Tier* tier = &wanted;
+    if (plan.bytes > wanted.ledger->budget_bytes() && !wanted.host &&
+        s.options.stream_when_too_large) {
+      tier = &host;  // lives in the host tier, streams to the device
       source.reset();
-      if (find(s.tier(host_device), id)) continue;
+      if (find(host, id)) continue;
     }
-    make_room(s, tier_device, plan.bytes, path.string(), true);
+    reserve(s, *tier, plan.bytes, path.string());
     auto created = std::make_shared<Instance>();
     created->id = id;
     created->kind = ref.kind;
-    created->tier = tier_device;
+    created->tier = tier;
     created->bytes = plan.bytes;
-    created->streamed = streamed;
-    created->stream_budget = streamed ? s.tier(wanted).budget : 0;
-    Tier& tier = s.tier(tier_device);
-    tier.instances.push_back(created);
-    tier.used += created->bytes;
+    created->storage_reason = plan.reason;
+    if (tier != &wanted) created->stream_ledger = wanted.ledger;
+    tier->instances.push_back(created);
     if (source) ++source->leases;  // not evicted while it is copied
     lock.unlock();
 
@@ -695,19 +781,19 @@ Lease ModelCache::acquire_now(const ModelRef& ref, c10::Device device,
     std::shared_ptr<Model> host_copy;
     const auto start = std::chrono::steady_clock::now();
     std::exception_ptr error;
+    const Device target = tier->device.value_or(Device::cpu());
     try {
       if (source) {
-        model = std::make_shared<Model>(source->model->to(tier_device, &s.host_memory));
+        model = std::make_shared<Model>(source->model->to(target, &s.host_memory));
       } else {
-        quant::QuantizationRules rules = s.options.rules;
-        rules.spec = plan.spec;
-        auto host = std::make_shared<Model>(path.string(), ref.kind, precision,
-                                            read_from_disk(s, path, rules));
-        if (is_host(tier_device)) {
-          model = host;
+        auto loaded = std::make_shared<Model>(path.string(), ref.kind,
+                                              ref.precision.value_or(Precision::automatic),
+                                              read_from_disk(s, path, plan.rules));
+        if (target.is_cpu()) {
+          model = loaded;
         } else {
-          model = std::make_shared<Model>(host->to(tier_device, &s.host_memory));
-          if (s.options.keep_host_copy) host_copy = std::move(host);
+          model = std::make_shared<Model>(loaded->to(target, &s.host_memory));
+          if (s.options.keep_host_copy) host_copy = std::move(loaded);
         }
       }
     } catch (...) {
@@ -718,14 +804,13 @@ Lease ModelCache::acquire_now(const ModelRef& ref, c10::Device device,
     lock.lock();
     if (source) --source->leases;
     if (error) {
-      remove(tier, created);
+      remove(*tier, created);
       created->state = Instance::State::failed;
       created->error = error;
       s.changed.notify_all();
       std::rethrow_exception(error);
     }
-    tier.used += model->bytes() - created->bytes;
-    created->bytes = model->bytes();
+    settle(*tier, *created, model->bytes());
     created->model = std::move(model);
     created->state = Instance::State::ready;
     created->last_used = s.clock.now();
@@ -736,13 +821,43 @@ Lease ModelCache::acquire_now(const ModelRef& ref, c10::Device device,
     } else {
       ++s.stats.loads;
       s.stats.bytes_read += created->bytes;
-      if (!is_host(tier_device)) s.stats.bytes_moved += created->bytes;
+      if (!target.is_cpu()) s.stats.bytes_moved += created->bytes;
     }
-    if (host_copy && !find(s.tier(host_device), id))
-      keep_on_host(s, id, ref.kind, std::move(host_copy));
+    if (host_copy && !find(host, id)) {
+      keep_on_host(s, id, ref.kind, std::move(host_copy), created->storage_reason);
+    }
     s.changed.notify_all();
     if (auto lease = take(lock, created, loras, device)) return std::move(*lease);
   }
+}
+
+ModelCache::Footprint ModelCache::footprint(const ModelRef& ref, Device device) const {
+  CacheState& s = *state_;
+  const std::filesystem::path path = resolve(s.options, ref);
+  std::error_code ec;
+  const std::filesystem::path canonical = std::filesystem::canonical(path, ec);
+  if (ec) throw Error(ErrorCode::NotFound, "no such model file", path.string());
+  const Identity id{canonical.string(), ref.precision,
+                    s.options.share_models ? std::string() : ref.workflow};
+  const auto key = std::make_pair(id.path, ref.precision ? static_cast<int>(*ref.precision) : -1);
+  Tier& tier = s.tier_for(device);
+  const auto resident = [&] {
+    const auto here = find(tier, id);
+    if (here && here->state != Instance::State::failed) return true;
+    return s.options.share_models && shared_between_workflows(ref.kind) &&
+           find_shareable(tier, id) != nullptr;
+  };
+  {
+    std::lock_guard lock(s.mutex);
+    if (const auto planned = s.planned.find(key); planned != s.planned.end()) {
+      return {planned->second, resident()};
+    }
+  }
+  const std::int64_t bytes =
+      plan_load(s.options, canonical, ref.precision, tier.ledger->budget_bytes()).bytes;
+  std::lock_guard lock(s.mutex);
+  s.planned[key] = bytes;
+  return {bytes, resident()};
 }
 
 ModelCache::Preload ModelCache::preload(const UsagePredictor& predictor, int hour,
@@ -753,21 +868,22 @@ ModelCache::Preload ModelCache::preload(const UsagePredictor& predictor, int hou
     ModelRef ref;
     ref.path = prediction.model;
     ref.workflow = prediction.workflow;
-    std::filesystem::path path = ref.path;
-    if (path.is_relative() && !state_->options.model_root.empty())
-      path = state_->options.model_root / path;
+    const std::filesystem::path path = resolve(state_->options, ref);
     if (!std::filesystem::exists(path)) continue;
     {
       // Guesses go into free room only.
       std::lock_guard lock(state_->mutex);
-      const Tier& host = state_->tier(c10::Device(c10::kCPU));
-      const auto limit = static_cast<std::int64_t>(state_->options.eviction_threshold *
-                                                   static_cast<double>(host.budget));
-      std::int64_t file_bytes = static_cast<std::int64_t>(std::filesystem::file_size(path));
-      if (host.used + file_bytes > limit) continue;
+      const Tier& host = *state_->host;
+      const auto limit = static_cast<std::int64_t>(
+          state_->options.eviction_threshold * static_cast<double>(host.ledger->budget_bytes()));
+      const auto file_bytes = static_cast<std::int64_t>(std::filesystem::file_size(path));
+      if (host.ledger->snapshot().used_bytes + file_bytes > limit) continue;
     }
     result.models.push_back(prediction.model);
-    auto lease = acquire_async(ref, c10::Device(c10::kCPU));
+    auto task = std::make_shared<std::packaged_task<Lease()>>(
+        [this, ref] { return acquire_now(ref, *state_->host, Device::cpu(), {}); });
+    std::future<Lease> lease = task->get_future();
+    state_->pool->submit([task] { (*task)(); });
     loads.push_back(std::async(std::launch::deferred, [l = std::make_shared<std::future<Lease>>(
                                                            std::move(lease))]() mutable {
                       try {
@@ -786,23 +902,42 @@ ModelCache::Preload ModelCache::preload(const UsagePredictor& predictor, int hou
 std::int64_t ModelCache::release_unused() {
   std::lock_guard lock(state_->mutex);
   std::int64_t freed = 0;
-  for (auto& [name, tier] : state_->tiers) {
+  for (auto& tier : state_->tiers) {
     std::vector<std::shared_ptr<Instance>> idle;
-    for (auto& inst : tier.instances) {
+    for (auto& inst : tier->instances) {
       if (inst->state == Instance::State::ready && inst->leases == 0 && !inst->switching)
         idle.push_back(inst);
     }
     for (auto& inst : idle) {
       freed += inst->bytes;
-      remove(tier, inst);
+      remove(*tier, inst);
       inst->state = Instance::State::gone;
       ++state_->stats.evictions;
     }
   }
   state_->changed.notify_all();
   // What the dropped models held goes back to the system, not just to the pool.
-  state_->host_pool->release();
+  if (auto* pool = state_->host_memory.target<memory::CachingPool>()) pool->release();
   return freed;
+}
+
+std::int64_t ModelCache::make_room(Device device, std::int64_t bytes) {
+  std::lock_guard lock(state_->mutex);
+  Tier& tier = state_->tier_for(device);
+  // Make `bytes` free: evict while the ledger could not take them under its whole budget.
+  std::int64_t evicted = 0;
+  while (tier.ledger->room(LedgerUse::weights) < bytes) {
+    std::shared_ptr<Instance> victim;
+    for (auto& inst : tier.instances) {
+      if (inst->state != Instance::State::ready || inst->leases > 0 || inst->switching) continue;
+      if (!victim || inst->last_used < victim->last_used) victim = inst;
+    }
+    if (!victim) break;
+    evicted += victim->bytes;
+    evict(*state_, tier, victim);
+  }
+  state_->changed.notify_all();
+  return evicted;
 }
 
 CacheStats ModelCache::stats() const {
@@ -813,19 +948,25 @@ CacheStats ModelCache::stats() const {
 std::vector<ResidentModel> ModelCache::residents() const {
   std::lock_guard lock(state_->mutex);
   std::vector<ResidentModel> out;
-  for (const auto& [name, tier] : state_->tiers) {
-    for (const auto& inst : tier.instances) {
+  for (const auto& tier : state_->tiers) {
+    for (const auto& inst : tier->instances) {
       if (inst->state != Instance::State::ready) continue;
-      out.push_back({inst->id.path, inst->kind, inst->id.precision, inst->model->device(),
+      out.push_back({inst->id.path, inst->kind, inst->id.precision.value_or(Precision::automatic),
+                     inst->model->spec(), inst->model->device(), tier->host && !tier->device,
                      inst->id.scope, inst->bytes, inst->leases, inst->loras});
     }
   }
   return out;
 }
 
-std::int64_t ModelCache::used_bytes(c10::Device device) const {
+std::int64_t ModelCache::used_bytes(Device device) const {
   std::lock_guard lock(state_->mutex);
-  return state_->tier(state_->tier_of(device)).used;
+  return state_->tier_for(device).used;
+}
+
+std::int64_t ModelCache::host_used_bytes() const {
+  std::lock_guard lock(state_->mutex);
+  return state_->host->used;
 }
 
 }  // namespace apo::models

@@ -13,6 +13,9 @@
 
 #include "apo/core/error.hpp"
 #include "apo/core/units.hpp"
+#include "apo/memory/caching_pool.hpp"
+#include "apo/memory/cuda_resources.hpp"
+#include "apo/memory/host_resource.hpp"
 #include "cuda_transfer.hpp"
 
 namespace apo::models {
@@ -43,32 +46,17 @@ std::string block_of(std::string_view weight) {
   return {};
 }
 
-// Host memory with memcpy for copies and nothing to wait on.
+// memcpy for copies and nothing to wait on.
 class CpuTransferBackend final : public TransferBackend {
  public:
-  ~CpuTransferBackend() override {
-    for (void* p : allocations_) std::free(p);
-  }
-  void* allocate(std::int64_t bytes) override { return keep(bytes); }
-  void* host_staging(std::int64_t bytes) override { return keep(bytes); }
   void copy(void* device, const void* host, std::int64_t bytes, int) override {
     std::memcpy(device, host, static_cast<std::size_t>(bytes));
   }
   void copies_done(int) override {}
   void compute_waits(int) override {}
   void slot_released(int) override {}
-  c10::Device device() const override { return c10::Device(c10::kCPU); }
-
- private:
-  void* keep(std::int64_t bytes) {
-    void* p = std::aligned_alloc(
-        kWeightAlignment, static_cast<std::size_t>(align_up(std::max<std::int64_t>(bytes, 1))));
-    if (p == nullptr)
-      fail(ErrorCode::OutOfMemory, "cannot allocate {} for weight streaming", format_bytes(bytes));
-    allocations_.push_back(p);
-    return p;
-  }
-  std::vector<void*> allocations_;
+  void synchronize() override {}
+  Device device() const override { return Device::cpu(); }
 };
 
 }  // namespace
@@ -167,18 +155,29 @@ struct WeightStreamer::Staged {
   std::map<std::string, at::Tensor> tensors;
 };
 
+StreamingMemory StreamingMemory::plain(Device device) {
+  if (device.is_cpu()) return {memory::HostResource(), memory::HostResource()};
+  memory::CudaDeviceOptions options;
+  options.device = device.index;
+  return {memory::CudaDeviceResource(options),
+          std::make_shared<memory::CachingPool>(memory::PinnedHostResource())};
+}
+
 WeightStreamer::WeightStreamer(const std::map<std::string, at::Tensor>& host_weights,
-                               std::vector<WeightBlock> blocks, StreamingPlan plan,
-                               c10::Device device, std::uintptr_t compute_stream,
+                               std::vector<WeightBlock> blocks, StreamingPlan plan, Device device,
+                               StreamingMemory memory, std::uintptr_t compute_stream,
                                int prefetch_depth)
     : WeightStreamer(host_weights, std::move(blocks), std::move(plan),
-                     make_transfer_backend(device, compute_stream), prefetch_depth) {}
+                     make_transfer_backend(device, compute_stream), std::move(memory),
+                     prefetch_depth) {}
 
 WeightStreamer::WeightStreamer(const std::map<std::string, at::Tensor>& host_weights,
                                std::vector<WeightBlock> blocks, StreamingPlan plan,
-                               std::unique_ptr<TransferBackend> backend, int prefetch_depth)
+                               std::unique_ptr<TransferBackend> backend, StreamingMemory memory,
+                               int prefetch_depth)
     : blocks_(std::move(blocks)),
       plan_(std::move(plan)),
+      memory_(std::move(memory)),
       backend_(std::move(backend)),
       prefetch_depth_(prefetch_depth) {
   if (prefetch_depth_ < 1 || (!plan_.streamed.empty() && plan_.slots < prefetch_depth_ + 1)) {
@@ -207,7 +206,7 @@ WeightStreamer::WeightStreamer(const std::map<std::string, at::Tensor>& host_wei
           {name, staged->bytes, it->second.sizes().vec(), it->second.scalar_type()});
       staged->bytes = align_up(staged->bytes + static_cast<std::int64_t>(it->second.nbytes()));
     }
-    staged->host = backend_->host_staging(staged->bytes);
+    staged->host = allocate(memory_.host, staged->bytes);
     for (const auto& piece : staged->pieces) {
       const at::Tensor source = host_weights.at(piece.name).contiguous();
       if (source.nbytes() == 0) continue;
@@ -222,13 +221,13 @@ WeightStreamer::WeightStreamer(const std::map<std::string, at::Tensor>& host_wei
   slot_holds_.assign(static_cast<std::size_t>(plan_.slots), -1);
   slot_memory_.resize(static_cast<std::size_t>(plan_.slots));
   for (int s = 0; s < plan_.slots && !plan_.streamed.empty(); ++s) {
-    slot_memory_[static_cast<std::size_t>(s)] = backend_->allocate(largest_streamed);
+    slot_memory_[static_cast<std::size_t>(s)] = allocate(memory_.device, largest_streamed);
   }
   // Resident blocks: copied once into their own memory; their event ids follow the slots'.
   int buffer = plan_.slots;
   for (const std::size_t b : plan_.resident) {
     Staged& staged = *staged_[b];
-    staged.home = backend_->allocate(staged.bytes);
+    staged.home = allocate(memory_.device, staged.bytes);
     staged.buffer = buffer++;
     backend_->copy(staged.home, staged.host, staged.bytes, -1);
     backend_->copies_done(staged.buffer);
@@ -237,8 +236,9 @@ WeightStreamer::WeightStreamer(const std::map<std::string, at::Tensor>& host_wei
     for (const auto& piece : staged.pieces) {
       staged.tensors.emplace(
           piece.name,
-          at::from_blob(static_cast<std::byte*>(staged.home) + piece.offset, piece.shape,
-                        at::TensorOptions().dtype(piece.dtype).device(backend_->device())));
+          at::from_blob(
+              static_cast<std::byte*>(staged.home) + piece.offset, piece.shape,
+              at::TensorOptions().dtype(piece.dtype).device(backend_->device().to_torch())));
     }
   }
   // The first pass starts warm.
@@ -248,7 +248,27 @@ WeightStreamer::WeightStreamer(const std::map<std::string, at::Tensor>& host_wei
   }
 }
 
-WeightStreamer::~WeightStreamer() = default;
+WeightStreamer::~WeightStreamer() {
+  try {
+    backend_->synchronize();
+  } catch (...) {
+    // The backend's own destructor waits once more; nothing else can be done here.
+  }
+}
+
+void* WeightStreamer::allocate(memory::AnyResource& resource, std::int64_t bytes) {
+  const std::int64_t size = align_up(std::max<std::int64_t>(bytes, 1));
+  void* ptr = resource.allocate(size, kWeightAlignment);
+  try {
+    allocations_.emplace_back(ptr, [owner = resource, size](void* p) mutable {
+      owner.deallocate(p, size, kWeightAlignment);
+    });
+  } catch (...) {
+    resource.deallocate(ptr, size, kWeightAlignment);
+    throw;
+  }
+  return ptr;
+}
 
 void WeightStreamer::start_copy(std::size_t position) {
   const int slot = static_cast<int>(issued_ % static_cast<std::uint64_t>(plan_.slots));
@@ -298,8 +318,9 @@ const std::map<std::string, at::Tensor>& WeightStreamer::enter(std::size_t block
   for (const auto& piece : staged.pieces) {
     staged.tensors.emplace(
         piece.name,
-        at::from_blob(base + piece.offset, piece.shape,
-                      at::TensorOptions().dtype(piece.dtype).device(backend_->device())));
+        at::from_blob(
+            base + piece.offset, piece.shape,
+            at::TensorOptions().dtype(piece.dtype).device(backend_->device().to_torch())));
   }
   // Prefetch what follows, as far as the slots allow.
   for (int k = 0; k < prefetch_depth_; ++k) {
@@ -327,13 +348,10 @@ void WeightStreamer::leave(std::size_t block) {
   staged.tensors.clear();  // the slot's memory will hold other weights
 }
 
-std::unique_ptr<TransferBackend> make_transfer_backend(c10::Device device,
+std::unique_ptr<TransferBackend> make_transfer_backend(Device device,
                                                        std::uintptr_t compute_stream) {
   if (device.is_cpu()) return std::make_unique<CpuTransferBackend>();
-  if (device.is_cuda())
-    return detail::make_cuda_transfer_backend(device.index() < 0 ? 0 : device.index(),
-                                              compute_stream);
-  fail(ErrorCode::Unsupported, "weight streaming to {} is not supported", device.str());
+  return detail::make_cuda_transfer_backend(device.index, compute_stream);
 }
 
 }  // namespace apo::models

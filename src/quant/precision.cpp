@@ -13,8 +13,10 @@
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "apo/core/config.hpp"
 #include "apo/core/units.hpp"
 #include "apo/quant/kernels.hpp"
+#include "apo/quant/policy.hpp"
 #include "internal.hpp"
 
 namespace apo::quant {
@@ -192,14 +194,25 @@ PrecisionChoice choose_precision(const PrecisionRequest& request, const QualityT
   return choice;
 }
 
-PrecisionChoice choose_precision(const PerformanceOptimization& config, const ModelFootprint& model,
+PrecisionSettings::PrecisionSettings() : PrecisionSettings(Config{}) {}
+
+PrecisionSettings::PrecisionSettings(const Config& config)
+    : precision(config.performance.model_precision),
+      allow_8bit(config.performance.enable_quantization),
+      memory_fraction(config.performance.quantization_memory_fraction) {}
+
+PrecisionSettings PrecisionSettings::from_config(const Config& config) {
+  return PrecisionSettings(config);
+}
+
+PrecisionChoice choose_precision(const PrecisionSettings& settings, const ModelFootprint& model,
                                  std::int64_t available_bytes, const QualityTable& quality) {
   PrecisionRequest request;
   request.model = model;
   request.available_bytes = available_bytes;
-  request.memory_fraction = config.quantization_memory_fraction;
-  request.allow_8bit = config.enable_quantization;
-  const std::optional<QFormat> configured = format_of(config.model_precision);
+  request.memory_fraction = settings.memory_fraction;
+  request.allow_8bit = settings.allow_8bit;
+  const std::optional<QFormat> configured = format_of(settings.precision);
   if (!configured) return choose_precision(request, quality);
 
   request.allow_8bit = true;  // a configured 8-bit precision quantizes regardless
@@ -210,13 +223,66 @@ PrecisionChoice choose_precision(const PerformanceOptimization& config, const Mo
                         (spec.scaling == Scaling::per_row ? 4 * model.scale_rows : 0);
   choice.fits = choice.weight_bytes <= choice.budget_bytes;
   choice.reason = fmt::format("performance_optimization.model_precision is {}: {} of weights",
-                              to_string(config.model_precision), format_bytes(choice.weight_bytes));
+                              to_string(settings.precision), format_bytes(choice.weight_bytes));
   if (!choice.fits) {
     choice.reason +=
         fmt::format(", more than the budget of {:.0f}% of {} ({})", request.memory_fraction * 100,
                     format_bytes(available_bytes), format_bytes(choice.budget_bytes));
   }
   return choice;
+}
+
+StoragePlan plan_storage(const NamedTensors& weights, const LoadRequest& request,
+                         const PrecisionSettings& settings, const QuantizationRules& rules) {
+  StoragePlan plan;
+  plan.rules = rules;
+  std::int64_t stored_bytes = 0;
+  for (const auto& [name, tensor] : weights) {
+    if (tensor.defined()) stored_bytes += static_cast<std::int64_t>(tensor.nbytes());
+  }
+  const Precision precision = request.requested.value_or(settings.precision);
+  const ModelFootprint footprint = footprint_of(weights, rules);
+  if (precision == Precision::fp32 || footprint.parameter_count == 0) {
+    plan.rules.spec = {};
+    plan.weight_bytes = stored_bytes;
+    plan.reason = footprint.parameter_count == 0 ? "no floating-point weights: kept as stored"
+                                                 : "fp32 asked: kept as stored";
+    return plan;
+  }
+  PrecisionSettings chosen = settings;
+  chosen.precision = precision;
+  const PrecisionChoice choice =
+      choose_precision(chosen, footprint, std::max<std::int64_t>(request.available_bytes, 1));
+  plan.rules.spec = choice.spec;
+  plan.reason = request.requested ? fmt::format("{} asked by the model reference; {}",
+                                                to_string(precision), choice.reason)
+                                  : choice.reason;
+  // The bytes once stored: selected tensors in the chosen format (with their scales), the
+  // tensors the rules keep as they are.
+  const detail::TensorSelection selection(plan.rules);
+  const bool per_row = traits(choice.spec.format).scaled && choice.spec.scaling == Scaling::per_row;
+  plan.weight_bytes = 0;
+  for (const auto& [name, tensor] : weights) {
+    if (!tensor.defined()) continue;
+    const bool quantized = choice.spec.format != QFormat::none && tensor.is_floating_point() &&
+                           selection.keep_reason(name, tensor).empty();
+    if (!quantized) {
+      plan.weight_bytes += static_cast<std::int64_t>(tensor.nbytes());
+      continue;
+    }
+    plan.weight_bytes += tensor.numel() * element_bytes(choice.spec.format, tensor.scalar_type());
+    if (per_row) plan.weight_bytes += 4 * scaling_rows(tensor.sizes());
+    if (choice.spec.scaling == Scaling::per_tensor) plan.weight_bytes += 4;
+  }
+  return plan;
+}
+
+ConfiguredPrecision ConfiguredPrecision::from_config(const Config& config) {
+  QuantizationRules rules;
+  for (const std::string& pattern : config.performance.keep_full_precision) {
+    rules.keep_patterns.push_back(pattern);
+  }
+  return ConfiguredPrecision(PrecisionSettings::from_config(config), std::move(rules));
 }
 
 }  // namespace apo::quant

@@ -39,12 +39,13 @@ QTensor QTensor::from_parts(std::string name, at::Tensor data, at::Tensor scales
                             Scaling scaling, at::ScalarType original_dtype) {
   using detail::fail_tensor;
   const FormatTraits t = traits(format);
+  const std::string_view format_name = to_string(format);
   if (!data.defined()) fail_tensor(ErrorCode::InvalidArgument, name, "data is undefined");
   const at::ScalarType expected = storage_dtype(format, original_dtype);
   if (data.scalar_type() != expected) {
     fail_tensor(ErrorCode::InvalidArgument, name,
                 "data has dtype {}, but format {} with original dtype {} stores {}",
-                c10::toString(data.scalar_type()), t.name, c10::toString(original_dtype),
+                c10::toString(data.scalar_type()), format_name, c10::toString(original_dtype),
                 c10::toString(expected));
   }
   if (format != QFormat::none && !at::isFloatingType(original_dtype)) {
@@ -60,24 +61,24 @@ QTensor QTensor::from_parts(std::string name, at::Tensor data, at::Tensor scales
   if (!t.scaled) {
     if (scaling != Scaling::none) {
       fail_tensor(ErrorCode::InvalidArgument, name, "format {} takes no scales, but scaling is {}",
-                  t.name, to_string(scaling));
+                  format_name, to_string(scaling));
     }
     if (scales.defined() && scales.numel() > 0) {
       fail_tensor(ErrorCode::InvalidArgument, name,
-                  "format {} takes no scales, but scales of shape {} were given", t.name,
+                  "format {} takes no scales, but scales of shape {} were given", format_name,
                   detail::shape_text(scales.sizes()));
     }
     scales = at::Tensor();
   } else {
     if (scaling == Scaling::none) {
       fail_tensor(ErrorCode::InvalidArgument, name,
-                  "format {} needs per_tensor or per_row scaling, not none", t.name);
+                  "format {} needs per_tensor or per_row scaling, not none", format_name);
     }
     const std::int64_t expected_scales = scaling == Scaling::per_row ? rows : 1;
     if (!scales.defined()) {
       fail_tensor(ErrorCode::InvalidArgument, name,
                   "format {} with {} scaling needs scales of shape [{}], but none were given",
-                  t.name, to_string(scaling), expected_scales);
+                  format_name, to_string(scaling), expected_scales);
     }
     if (scales.scalar_type() != at::kFloat) {
       fail_tensor(ErrorCode::InvalidArgument, name, "scales have dtype {}; expected Float",

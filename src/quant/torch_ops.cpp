@@ -18,7 +18,7 @@ namespace apo::quant {
 namespace {
 
 QFormat format_from(c10::string_view name, std::string_view tensor) {
-  const auto format = parse_format(name);
+  const auto format = parse_enum<QFormat>(name);
   if (!format) {
     detail::fail_tensor(
         ErrorCode::InvalidArgument, tensor,
@@ -46,7 +46,7 @@ QTensor weight_from(const at::Tensor& data, const std::optional<at::Tensor>& sca
 QuantSpec spec_from(c10::string_view format_name, std::optional<c10::string_view> scaling_name) {
   const QFormat format = format_from(format_name, "x");
   if (!scaling_name) return {format, traits(format).scaled ? Scaling::per_row : Scaling::none};
-  const auto scaling = parse_scaling(*scaling_name);
+  const auto scaling = parse_enum<Scaling>(*scaling_name);
   if (!scaling) {
     detail::fail_tensor(ErrorCode::InvalidArgument, "x",
                         "unknown scaling '{}'; expected none, per_tensor or per_row",

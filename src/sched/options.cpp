@@ -1,5 +1,6 @@
 #include <chrono>
 
+#include "apo/core/config.hpp"
 #include "apo/core/error.hpp"
 #include "apo/sched/scheduler.hpp"
 
@@ -32,14 +33,16 @@ void SchedulerOptions::validate() const {
   }
 }
 
+SchedulerOptions::SchedulerOptions() : SchedulerOptions(Config{}) {}
+
+SchedulerOptions::SchedulerOptions(const Config& config)
+    : max_queue_size(static_cast<std::size_t>(config.scheduling.max_queue_size)),
+      default_timeout(seconds(config.scheduling.default_timeout_s)),
+      priority_levels(static_cast<std::size_t>(config.scheduling.priority_levels)),
+      aging_bound(seconds(config.scheduling.aging_bound_s)) {}
+
 SchedulerOptions SchedulerOptions::from_config(const Config& config) {
-  const Scheduling& s = config.scheduling;
-  SchedulerOptions options;
-  options.max_queue_size = static_cast<std::size_t>(s.max_queue_size);
-  options.default_timeout = seconds(s.default_timeout_s);
-  options.priority_levels = static_cast<std::size_t>(s.priority_levels);
-  options.aging_bound = seconds(s.aging_bound_s);
-  return options;
+  return SchedulerOptions(config);
 }
 
 }  // namespace apo::sched

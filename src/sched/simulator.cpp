@@ -79,13 +79,13 @@ const WorkflowProfile* find_workflow(std::string_view name) {
   return nullptr;
 }
 
-int steps_for(engine::QualityLevel quality) {
+int steps_for(QualityLevel quality) {
   switch (quality) {
-    case engine::QualityLevel::speed_first:
+    case QualityLevel::speed_first:
       return 15;
-    case engine::QualityLevel::balanced:
+    case QualityLevel::balanced:
       return 30;
-    case engine::QualityLevel::quality_first:
+    case QualityLevel::quality_first:
       return 75;
   }
   return 30;
@@ -103,7 +103,9 @@ Clock::duration guide_service_time(const Batch& batch) {
                 describe(first));
   }
   int steps = 0;
-  for (const Request& request : batch.requests) steps = std::max(steps, request.steps);
+  for (const Request& request : batch.requests) {
+    steps = std::max(steps, request.steps.value_or(steps_for(request.quality)));
+  }
   const double seconds = profile->service_s * (steps / kReferenceSteps) *
                          (1.0 + profile->batch_cost * static_cast<double>(batch.size() - 1));
   return std::chrono::duration_cast<Clock::duration>(std::chrono::duration<double>(seconds));
@@ -164,11 +166,11 @@ std::vector<TraceEvent> make_trace(const TraceOptions& options) {
     r.width = alternate ? profile.alternate_width : profile.width;
     r.height = alternate ? profile.alternate_height : profile.height;
     r.frames = profile.frames;
-    r.quality = static_cast<engine::QualityLevel>(draw.pick(options.quality_weights));
+    r.quality = static_cast<QualityLevel>(draw.pick(options.quality_weights));
     r.steps = steps_for(r.quality);
-    r.guidance = r.quality == engine::QualityLevel::speed_first     ? 6.0
-                 : r.quality == engine::QualityLevel::quality_first ? 9.0
-                                                                    : 7.5;
+    r.guidance = r.quality == QualityLevel::speed_first     ? 6.0
+                 : r.quality == QualityLevel::quality_first ? 9.0
+                                                            : 7.5;
     r.priority = static_cast<int>(draw.below(options.priority_levels));
     r.seed = i + 1;
     r.memory_estimate_bytes = profile.memory_bytes;

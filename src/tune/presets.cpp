@@ -388,6 +388,23 @@ const Preset* find_preset(std::string_view name) {
   return nullptr;
 }
 
+const PresetCatalog& preset_catalog() {
+  class Catalog final : public PresetCatalog {
+   public:
+    std::optional<std::string_view> find(std::string_view name) const override {
+      const Preset* preset = find_preset(name);
+      return preset ? std::optional<std::string_view>(preset->json) : std::nullopt;
+    }
+    std::vector<std::string_view> names() const override {
+      std::vector<std::string_view> names;
+      for (const Preset& preset : kPresets) names.push_back(preset.name);
+      return names;
+    }
+  };
+  static const Catalog catalog;
+  return catalog;
+}
+
 double device_memory_budget_gib(std::int64_t total_bytes) {
   const double budget = 0.88 * bytes_to_gib(total_bytes) - 1.2;
   return std::max(0.5, std::round(budget * 2.0) / 2.0);
@@ -395,6 +412,26 @@ double device_memory_budget_gib(std::int64_t total_bytes) {
 
 double host_memory_budget_gib(std::int64_t total_bytes) {
   return std::max(0.5, std::floor(0.7 * bytes_to_gib(total_bytes) * 2.0) / 2.0);
+}
+
+MemoryBudgets memory_budgets(const Config& config, const MachineInfo& machine) {
+  MemoryBudgets budgets;
+  const Auto<double>& device_gib = config.performance.max_memory_usage_gib;
+  for (const CudaDeviceInfo& cuda : machine.cuda_devices) {
+    budgets.devices.emplace_back(
+        Device::cuda(cuda.index),
+        gib_to_bytes(device_gib.value_or(device_memory_budget_gib(cuda.total_bytes))));
+    if (!config.performance.parallel_execution) break;
+  }
+  const double host_rule = host_memory_budget_gib(machine.memory.total_bytes);
+  if (budgets.devices.empty()) {
+    const std::int64_t cpu = gib_to_bytes(device_gib.value_or(host_rule));
+    budgets.devices.emplace_back(Device::cpu(), cpu);
+    budgets.host_bytes = cpu;
+  } else {
+    budgets.host_bytes = gib_to_bytes(config.system.memory_pool_size_gib.value_or(host_rule));
+  }
+  return budgets;
 }
 
 std::string automatic_device_preset(const CudaDeviceInfo& device) {
@@ -436,8 +473,8 @@ std::string automatic_cpu_preset(const MachineInfo& machine) {
 Recommendation recommend(const MachineInfo& machine, std::optional<std::string> profile,
                          std::optional<std::string> workflow) {
   Recommendation result;
-  ConfigLoader hardware_only;
-  ConfigLoader full;
+  ConfigLoader hardware_only = config_loader();
+  ConfigLoader full = config_loader();
   auto both = [&](auto&& add) {
     add(hardware_only);
     add(full);

@@ -6,12 +6,14 @@
 #include <atomic>
 #include <chrono>
 #include <random>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "apo/batch/fixed_batcher.hpp"
 #include "apo/batch/memory_aware_batcher.hpp"
 #include "apo/core/config.hpp"
+#include "apo/core/error.hpp"
 #include "apo/core/units.hpp"
 
 using apo::Clock;
@@ -40,8 +42,17 @@ MemoryAwareBatcher make_batcher<MemoryAwareBatcher>() {
   return MemoryAwareBatcher();
 }
 
-const GroupKey kImage{"qwen_edit", 1024, 1024, 1, apo::engine::QualityLevel::balanced};
-const GroupKey kVideo{"hunyuan_t2v", 848, 480, 61, apo::engine::QualityLevel::balanced};
+GroupKey key_of(std::string workflow, int width, int height, int frames) {
+  GroupKey key;
+  key.workflow = std::move(workflow);
+  key.width = width;
+  key.height = height;
+  key.frames = frames;
+  return key;
+}
+
+const GroupKey kImage = key_of("qwen_edit", 1024, 1024, 1);
+const GroupKey kVideo = key_of("hunyuan_t2v", 848, 480, 61);
 
 BatchCandidate candidate(const GroupKey& key, std::size_t available, std::int64_t head_bytes,
                          Clock::time_point submitted, Clock::time_point now) {
@@ -67,15 +78,20 @@ TEMPLATE_TEST_CASE("batcher: the Batcher contract", "[batch][conformance]", Fixe
           candidate(i % 2 ? kImage : kVideo, 1 + random() % 20,
                     static_cast<std::int64_t>(random() % (8 * apo::GiB)), submitted, now);
       const BatchPlan plan = batcher.plan(c, free_bytes);
-      if (plan.takes()) {
+      if (c.head_memory_bytes > free_bytes) {
+        CHECK(plan.is_blocked());
+        CHECK_FALSE(plan.takes());
+      } else if (plan.takes()) {
         CHECK(plan.max_requests >= 1);
         CHECK(plan.max_requests <= max);
-        CHECK(plan.max_memory_bytes >= 0);
+        CHECK(plan.max_memory_bytes >= c.head_memory_bytes);
         CHECK(plan.max_memory_bytes <= std::max<std::int64_t>(free_bytes, 0));
         CHECK_FALSE(plan.wait_until);
       } else {
         REQUIRE(plan.wait_until);
+        CHECK_FALSE(plan.is_blocked());
         CHECK(*plan.wait_until > now);
+        CHECK(*plan.wait_until <= c.head_submit_time + 100ms);  // the default max_queue_delay
       }
     }
   }
@@ -126,9 +142,10 @@ TEST_CASE("FixedBatcher: a fixed size at once", "[batch][fixed]") {
   CHECK(plan.max_memory_bytes == 5_GiB);
   CHECK_THROWS_AS(FixedBatcher(0), Error);
   CHECK_THROWS_AS(FixedBatcher(65), Error);
+  CHECK(batcher.plan(candidate(kImage, 1, 6_GiB, now, now), 5_GiB).is_blocked());
   apo::Config config;
   config.performance.batch_size = 2;
-  CHECK(FixedBatcher::from_config(config).max_batch_size() == 2);
+  CHECK(FixedBatcher(apo::batch::FixedBatcherOptions::from_config(config)).max_batch_size() == 2);
 }
 
 TEST_CASE("MemoryAwareBatcher: sizing, fill delay and throughput history",
@@ -139,12 +156,14 @@ TEST_CASE("MemoryAwareBatcher: sizing, fill delay and throughput history",
     const auto plan = [&](std::int64_t head_bytes, std::int64_t free_bytes) {
       return batcher.plan(candidate(kImage, 64, head_bytes, now, now), free_bytes);
     };
-    CHECK(plan(6_GiB, 20_GiB).max_requests == 3);   // 20 / 6
-    CHECK(plan(2_GiB, 20_GiB).max_requests == 8);   // 10, clamped to the guide's 8
-    CHECK(plan(30_GiB, 20_GiB).max_requests == 1);  // nothing fits: 1, the scheduler holds it
-    CHECK(plan(0, 20_GiB).max_requests == 8);       // unknown estimate: count alone
-    CHECK(plan(1_GiB, 0).max_requests == 1);
+    CHECK(plan(6_GiB, 20_GiB).max_requests == 3);  // 20 / 6
+    CHECK(plan(2_GiB, 20_GiB).max_requests == 8);  // 10, clamped to the guide's 8
+    CHECK(plan(30_GiB, 20_GiB).is_blocked());      // the head alone does not fit
+    CHECK(plan(0, 20_GiB).max_requests == 8);      // unknown estimate: count alone
+    CHECK(plan(1_GiB, 0).is_blocked());
     CHECK(plan(6_GiB, 20_GiB).max_memory_bytes == 20_GiB);
+    CHECK(plan(6_GiB, 20_GiB).limit == apo::batch::BatchLimit::memory);
+    CHECK(plan(2_GiB, 20_GiB).limit == apo::batch::BatchLimit::max_batch_size);
   }
   SECTION("waits up to max_queue_delay for a fuller batch") {
     MemoryAwareBatcherOptions options;
@@ -218,12 +237,12 @@ TEST_CASE("MemoryAwareBatcher: sizing, fill delay and throughput history",
     options.max_tracked_groups = 4;
     MemoryAwareBatcher batcher(options);
     for (int g = 0; g < 10; ++g) {
-      const GroupKey key{"w" + std::to_string(g), 512, 512, 1, apo::engine::QualityLevel::balanced};
+      const GroupKey key = key_of("w" + std::to_string(g), 512, 512, 1);
       batcher.record({key, 8, 8, 1s});
       batcher.record({key, 8, 8, 4s});  // a fall: limit 7
       CHECK(batcher.size_limit(GroupKeyView(key)) == 7);
     }
-    const GroupKey first{"w0", 512, 512, 1, apo::engine::QualityLevel::balanced};
+    const GroupKey first = key_of("w0", 512, 512, 1);
     CHECK(batcher.size_limit(GroupKeyView(first)) == 8);  // forgotten
   }
   SECTION("options are validated and come from the config") {
@@ -247,6 +266,6 @@ TEST_CASE("MemoryAwareBatcher: sizing, fill delay and throughput history",
     CHECK(options.max_queue_delay == 40ms);
     CHECK(options.throughput_window == 3);
     CHECK(options.throughput_tolerance == 0.1);
-    CHECK(MemoryAwareBatcher::from_config(config).max_batch_size() == 6);
+    CHECK(MemoryAwareBatcher(options).max_batch_size() == 6);
   }
 }

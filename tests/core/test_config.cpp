@@ -163,7 +163,7 @@ TEST_CASE("layers apply defaults, presets, files, then overrides, whatever the c
   std::ofstream(dir / "b.json") << R"({"performance_optimization": {"batch_size": 5},
                                       "storage_optimization": {"async_io": false}})";
 
-  const apo::LoadedConfig loaded = apo::ConfigLoader()
+  const apo::LoadedConfig loaded = apo::tune::config_loader()
                                        .set("performance_optimization.batch_size=7")
                                        .file(dir / "a.json")
                                        .preset("rtx4090")
@@ -205,8 +205,14 @@ TEST_CASE("overrides take JSON values or plain strings", "[config]") {
   CHECK(typo[0].find("did you mean \"batch_size\"") != std::string::npos);
 }
 
+TEST_CASE("a loader without a catalog knows no presets", "[config]") {
+  const auto problems = problems_of(apo::ConfigLoader().preset("rtx4090"));
+  REQUIRE(problems.size() == 1);
+  CHECK(problems[0].find("has no presets") != std::string::npos);
+}
+
 TEST_CASE("an unknown preset is a problem with a suggestion", "[config]") {
-  const auto problems = problems_of(apo::ConfigLoader().preset("rtx4900"));
+  const auto problems = problems_of(apo::tune::config_loader().preset("rtx4900"));
   REQUIRE(problems.size() == 1);
   CHECK(problems[0].find("unknown preset \"rtx4900\"") != std::string::npos);
   CHECK(problems[0].find("did you mean \"rtx4090\"") != std::string::npos);
@@ -225,7 +231,7 @@ TEST_CASE("problems from several layers are all reported", "[config]") {
 TEST_CASE("the canonical JSON loads back unchanged", "[config]") {
   std::vector<apo::Config> configs{apo::Config{}};
   for (const auto& preset : apo::tune::presets()) {
-    configs.push_back(apo::ConfigLoader().preset(std::string(preset.name)).load().config);
+    configs.push_back(apo::tune::config_loader().preset(std::string(preset.name)).load().config);
   }
   apo::Config custom;
   custom.system.cpu_affinity = std::vector<int>{1, 3};
@@ -243,7 +249,7 @@ TEST_CASE("the canonical JSON loads back unchanged", "[config]") {
 }
 
 TEST_CASE("the built-in defaults are the guide's balanced profile", "[config]") {
-  CHECK(apo::ConfigLoader().preset("balanced").load().config == apo::Config{});
+  CHECK(apo::tune::config_loader().preset("balanced").load().config == apo::Config{});
 }
 
 TEST_CASE("a document's own aliases agree or conflict", "[config]") {

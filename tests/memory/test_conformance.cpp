@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "apo/core/error.hpp"
 #include "apo/core/units.hpp"
 #include "apo/memory/arena_pool.hpp"
 #include "apo/memory/budget_adaptor.hpp"
@@ -288,7 +289,7 @@ void run_conformance() {
 TEMPLATE_TEST_CASE("MemoryResource conformance", "[memory][conformance]", HostFixture, ArenaFixture,
                    CachingPoolFixture, BudgetFixture, StatisticsFixture, ComposedFixture) {
   run_conformance<TestType>();
-  CHECK(TestType::make()->space() == MemorySpace{MemoryKind::host, -1});
+  CHECK(TestType::make()->space() == MemorySpace::host());
 }
 
 TEMPLATE_TEST_CASE("MemoryResource conformance on CUDA", "[memory][conformance][gpu]",

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 
+#include "apo/core/error.hpp"
 #include "apo/core/machine.hpp"
 #include "apo/core/units.hpp"
 #include "apo/memory/caching_pool.hpp"
@@ -23,7 +24,7 @@ TEST_CASE("CUDA resources report Unsupported where no device exists", "[memory][
   if (cuda_device_available()) {
     // A GPU machine: construction succeeds and the memory is where it says.
     CHECK(PinnedHostResource{}.space().kind == MemoryKind::pinned_host);
-    CHECK(CudaDeviceResource{}.space() == MemorySpace{MemoryKind::device, 0});
+    CHECK(CudaDeviceResource{}.space() == (MemorySpace{MemoryKind::device, apo::Device::cuda(0)}));
     return;
   }
   const std::string pinned = require_error(ErrorCode::Unsupported, [] { PinnedHostResource{}; });

@@ -11,6 +11,7 @@
 
 #include "apo/core/clock.hpp"
 #include "apo/core/config.hpp"
+#include "apo/core/error.hpp"
 #include "apo/core/units.hpp"
 #include "apo/memory/caching_pool.hpp"
 #include "apo/memory/host_resource.hpp"

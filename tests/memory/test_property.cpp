@@ -9,6 +9,7 @@
 #include <random>
 #include <vector>
 
+#include "apo/core/error.hpp"
 #include "apo/core/units.hpp"
 #include "apo/memory/arena_pool.hpp"
 #include "apo/memory/budget_adaptor.hpp"

@@ -11,6 +11,7 @@
 
 #include <ATen/ATen.h>
 
+#include "apo/core/error.hpp"
 #include "apo/core/units.hpp"
 #include "apo/memory/arena_pool.hpp"
 #include "apo/memory/caching_pool.hpp"

@@ -10,8 +10,10 @@
 #include <ATen/ATen.h>
 #include <fmt/format.h>
 
+#include "apo/core/config.hpp"
 #include "apo/core/error.hpp"
 #include "apo/core/units.hpp"
+#include "apo/memory/ledger.hpp"
 #include "apo/models/model_cache.hpp"
 #include "apo/models/safetensors.hpp"
 
@@ -50,12 +52,25 @@ std::int64_t file_tensor_bytes(const fs::path& path) {
   return total;
 }
 
+std::shared_ptr<apo::memory::MemoryLedger> ledger(std::int64_t budget) {
+  return std::make_shared<apo::memory::MemoryLedger>(apo::Device::cpu(), budget);
+}
+
+// Stores weights at `precision`, quantizing tensors of 1024 elements or more.
+QuantizationPlanner stored_as(apo::Precision precision) {
+  apo::quant::PrecisionSettings settings;
+  settings.precision = precision;
+  apo::quant::QuantizationRules rules;
+  rules.min_elements = 1024;
+  return planner_of(apo::quant::ConfiguredPrecision(settings, rules));
+}
+
+// A cache whose only tier is the host's: what a CPU engine has (its device ledger is the host's).
 ModelCacheOptions host_only(std::int64_t host_budget) {
   ModelCacheOptions options;
-  options.host_budget_bytes = host_budget;
-  options.precision = apo::Precision::fp32;
+  options.host_ledger = ledger(host_budget);
+  options.quantization = stored_as(apo::Precision::fp32);
   options.io_threads = 2;
-  options.rules.min_elements = 1024;
   return options;
 }
 
@@ -69,8 +84,7 @@ bool bitwise_equal(const at::Tensor& a, const at::Tensor& b) {
          at::equal(a.contiguous().view(at::kByte), b.contiguous().view(at::kByte));
 }
 
-const c10::Device kHost(c10::kCPU);
-const c10::Device kDeviceTier(c10::kCPU, 0);  // a device tier in host memory (no GPU here)
+const apo::Device kCpu = apo::Device::cpu();
 
 }  // namespace
 
@@ -79,8 +93,8 @@ TEST_CASE("acquire loads once, then hits; weights are the file's", "[cache]") {
   const auto path = write_model(dir.path, "wan", 4, 1);
   ModelCache cache(host_only(64_MiB));
   {
-    Lease a = cache.acquire(ref(path), kHost);
-    Lease b = cache.acquire(ref(path), kHost);
+    Lease a = cache.acquire(ref(path), kCpu);
+    Lease b = cache.acquire(ref(path), kCpu);
     CHECK(&a.model() == &b.model());
     const auto file = SafetensorsFile::open(path);
     for (const auto& entry : file.tensors()) {
@@ -93,7 +107,7 @@ TEST_CASE("acquire loads once, then hits; weights are the file's", "[cache]") {
   CHECK(stats.misses == 1);
   CHECK(stats.hits == 1);
   CHECK(stats.bytes_read == file_tensor_bytes(path));
-  CHECK(cache.used_bytes(kHost) == file_tensor_bytes(path));
+  CHECK(cache.used_bytes(kCpu) == file_tensor_bytes(path));
 }
 
 TEST_CASE("the configured precision quantizes on load; apo's quantized files load as stored",
@@ -101,9 +115,9 @@ TEST_CASE("the configured precision quantizes on load; apo's quantized files loa
   ScratchDir dir;
   const auto path = write_model(dir.path, "wan", 4, 2);
   auto options = host_only(64_MiB);
-  options.precision = apo::Precision::fp8_e4m3;
+  options.quantization = stored_as(apo::Precision::fp8_e4m3);
   ModelCache cache(options);
-  Lease lease = cache.acquire(ref(path), kHost);
+  Lease lease = cache.acquire(ref(path), kCpu);
   const auto& qkv = lease->weight("blocks.0.attn.qkv.weight");
   CHECK(qkv.format() == apo::quant::QFormat::fp8_e4m3);
   CHECK(lease->weight("blocks.0.attn.qkv.bias").format() == apo::quant::QFormat::none);
@@ -114,7 +128,7 @@ TEST_CASE("the configured precision quantizes on load; apo's quantized files loa
   // Written out and read back, the quantized model is bit for bit the same.
   const fs::path saved = dir.path / "wan_fp8.safetensors";
   write_model_weights(saved, lease->weights());
-  Lease again = cache.acquire(ref(saved), kHost);
+  Lease again = cache.acquire(ref(saved), kCpu);
   for (const auto& w : lease->weights()) {
     const auto& back = again->weight(w.name());
     CHECK(back.spec() == w.spec());
@@ -133,29 +147,29 @@ TEST_CASE("the least recently used unleased model goes first; leased ones never"
   apo::FakeClock clock;
   // Two models fit under the 80% threshold, three do not even fit the budget.
   ModelCache cache(host_only(size * 26 / 10), clock);
-  cache.acquire(ref(a), kHost).release();
+  cache.acquire(ref(a), kCpu).release();
   clock.advance(std::chrono::seconds(1));
-  cache.acquire(ref(b), kHost).release();
+  cache.acquire(ref(b), kCpu).release();
   clock.advance(std::chrono::seconds(1));
-  cache.acquire(ref(a), kHost).release();  // a is now the more recent
+  cache.acquire(ref(a), kCpu).release();  // a is now the more recent
   clock.advance(std::chrono::seconds(1));
-  cache.acquire(ref(c), kHost).release();  // evicts b
+  cache.acquire(ref(c), kCpu).release();  // evicts b
   std::set<std::string> resident;
   for (const auto& r : cache.residents()) resident.insert(fs::path(r.path).filename().string());
   CHECK(resident == std::set<std::string>{"a.safetensors", "c.safetensors"});
   CHECK(cache.stats().evictions == 1);
 
   // With a and c leased, b has nowhere to go.
-  Lease la = cache.acquire(ref(a), kHost);
-  Lease lc = cache.acquire(ref(c), kHost);
-  CHECK_THROWS_MATCHES(cache.acquire(ref(b), kHost), apo::Error,
+  Lease la = cache.acquire(ref(a), kCpu);
+  Lease lc = cache.acquire(ref(c), kCpu);
+  CHECK_THROWS_MATCHES(cache.acquire(ref(b), kCpu), apo::Error,
                        Catch::Predicate<apo::Error>([](const apo::Error& e) {
                          return e.code() == apo::ErrorCode::OutOfMemory &&
                                 std::string(e.what()).find("leased or loading") !=
                                     std::string::npos;
                        }));
   la.release();
-  CHECK_NOTHROW(cache.acquire(ref(b), kHost));
+  CHECK_NOTHROW(cache.acquire(ref(b), kCpu));
 }
 
 TEST_CASE("a model larger than every tier fails with the sizes", "[cache]") {
@@ -163,7 +177,7 @@ TEST_CASE("a model larger than every tier fails with the sizes", "[cache]") {
   const auto big = write_model(dir.path, "big", 16, 6);
   ModelCache cache(host_only(1_MiB));
   try {
-    cache.acquire(ref(big), kHost);
+    cache.acquire(ref(big), kCpu);
     FAIL("loaded a model larger than the budget");
   } catch (const apo::Error& e) {
     CHECK(e.code() == apo::ErrorCode::OutOfMemory);
@@ -178,19 +192,19 @@ TEST_CASE("sharing follows the guide's rules", "[cache][sharing]") {
   SECTION("text encoders serve every workflow, even at a lower precision asked") {
     ModelCache cache(host_only(64_MiB));
     Lease x =
-        cache.acquire(ref(t5, ModelKind::text_encoder, "wan_t2v", apo::Precision::fp16), kHost);
+        cache.acquire(ref(t5, ModelKind::text_encoder, "wan_t2v", apo::Precision::fp16), kCpu);
     Lease y =
-        cache.acquire(ref(t5, ModelKind::text_encoder, "hunyuan", apo::Precision::fp8_e4m3), kHost);
+        cache.acquire(ref(t5, ModelKind::text_encoder, "hunyuan", apo::Precision::fp8_e4m3), kCpu);
     CHECK(&x.model() == &y.model());
     // A better precision than the resident one is a new instance.
-    Lease z = cache.acquire(ref(t5, ModelKind::text_encoder, "qwen", apo::Precision::fp32), kHost);
+    Lease z = cache.acquire(ref(t5, ModelKind::text_encoder, "qwen", apo::Precision::fp32), kCpu);
     CHECK(&z.model() != &x.model());
   }
   SECTION("diffusion models are shared only for the same file and precision") {
     ModelCache cache(host_only(64_MiB));
-    Lease x = cache.acquire(ref(wan, ModelKind::diffusion, "a", apo::Precision::fp16), kHost);
-    Lease y = cache.acquire(ref(wan, ModelKind::diffusion, "b", apo::Precision::fp16), kHost);
-    Lease z = cache.acquire(ref(wan, ModelKind::diffusion, "c", apo::Precision::fp8_e4m3), kHost);
+    Lease x = cache.acquire(ref(wan, ModelKind::diffusion, "a", apo::Precision::fp16), kCpu);
+    Lease y = cache.acquire(ref(wan, ModelKind::diffusion, "b", apo::Precision::fp16), kCpu);
+    Lease z = cache.acquire(ref(wan, ModelKind::diffusion, "c", apo::Precision::fp8_e4m3), kCpu);
     CHECK(&x.model() == &y.model());
     CHECK(&z.model() != &x.model());
   }
@@ -198,9 +212,9 @@ TEST_CASE("sharing follows the guide's rules", "[cache][sharing]") {
     auto options = host_only(64_MiB);
     options.share_models = false;
     ModelCache cache(options);
-    Lease x = cache.acquire(ref(t5, ModelKind::text_encoder, "a"), kHost);
-    Lease y = cache.acquire(ref(t5, ModelKind::text_encoder, "b"), kHost);
-    Lease again = cache.acquire(ref(t5, ModelKind::text_encoder, "a"), kHost);
+    Lease x = cache.acquire(ref(t5, ModelKind::text_encoder, "a"), kCpu);
+    Lease y = cache.acquire(ref(t5, ModelKind::text_encoder, "b"), kCpu);
+    Lease again = cache.acquire(ref(t5, ModelKind::text_encoder, "a"), kCpu);
     CHECK(&x.model() != &y.model());
     CHECK(&x.model() == &again.model());
     CHECK(cache.residents().size() == 2);
@@ -214,7 +228,7 @@ TEST_CASE("concurrent acquires of one model load it once", "[cache][concurrency]
   options.io_threads = 4;
   ModelCache cache(options);
   std::vector<std::future<Lease>> futures;
-  for (int i = 0; i < 16; ++i) futures.push_back(cache.acquire_async(ref(path), kHost));
+  for (int i = 0; i < 16; ++i) futures.push_back(cache.acquire_async(ref(path), kCpu));
   std::set<const Model*> models;
   for (auto& f : futures) models.insert(&f.get().model());
   CHECK(models.size() == 1);
@@ -238,7 +252,7 @@ TEST_CASE("threads acquiring and releasing under a tight budget stay consistent"
       std::mt19937 rng(t);
       for (int i = 0; i < 40; ++i) {
         try {
-          Lease lease = cache.acquire(ref(paths[rng() % paths.size()]), kHost);
+          Lease lease = cache.acquire(ref(paths[rng() % paths.size()]), kCpu);
           ++(lease->weights().size() == 7 ? served : wrong);
         } catch (const apo::Error& e) {
           // All room leased at once is allowed (OutOfMemory), never a crash.
@@ -252,10 +266,10 @@ TEST_CASE("threads acquiring and releasing under a tight budget stay consistent"
   CHECK(served > 0);
   CHECK(wrong == 0);
   CHECK(other_errors == 0);
-  CHECK(cache.used_bytes(kHost) <= size * 4);
+  CHECK(cache.used_bytes(kCpu) <= size * 4);
   for (const auto& r : cache.residents()) CHECK(r.leases == 0);
   CHECK(cache.release_unused() > 0);
-  CHECK(cache.used_bytes(kHost) == 0);
+  CHECK(cache.used_bytes(kCpu) == 0);
 }
 
 TEST_CASE("eviction demotes to the host tier and a reload is a copy, not a read",
@@ -264,15 +278,19 @@ TEST_CASE("eviction demotes to the host tier and a reload is a copy, not a read"
   const auto a = write_model(dir.path, "a", 4, 10);
   const auto b = write_model(dir.path, "b", 4, 11);
   const std::int64_t size = file_tensor_bytes(a);
+  // A device tier of its own (standing in for a GPU; its ledger is not the host's).
   auto options = host_only(64_MiB);
-  options.device_budgets = {{kDeviceTier, size + size / 2}};  // one model at a time
+  options.device_ledgers = {ledger(size + size / 2)};  // one model at a time
   options.demote_to_host = true;
   ModelCache cache(options);
-  cache.acquire(ref(a), kDeviceTier).release();
-  cache.acquire(ref(b), kDeviceTier).release();  // a moves to the host tier
+  cache.acquire(ref(a), kCpu).release();
+  cache.acquire(ref(b), kCpu).release();  // a moves to the host tier
   CHECK(cache.stats().demotions == 1);
-  CHECK(cache.used_bytes(kHost) == size);
-  Lease again = cache.acquire(ref(a), kDeviceTier);  // b demoted, a promoted
+  CHECK(cache.host_used_bytes() == size);
+  CHECK(cache.used_bytes(kCpu) == size);
+  CHECK(options.device_ledgers[0]->snapshot().weights_bytes == size);
+  CHECK(options.host_ledger->snapshot().weights_bytes == size);
+  Lease again = cache.acquire(ref(a), kCpu);  // b demoted, a promoted
   CHECK(cache.stats().loads == 2);
   CHECK(cache.stats().promotions == 1);
   const auto file = SafetensorsFile::open(a);
@@ -280,13 +298,14 @@ TEST_CASE("eviction demotes to the host tier and a reload is a copy, not a read"
       bitwise_equal(again->weight("blocks.3.ffn.weight").data(), file.view("blocks.3.ffn.weight")));
 
   SECTION("without CPU offload an evicted model is dropped") {
-    auto dropping = options;
+    auto dropping = host_only(64_MiB);
+    dropping.device_ledgers = {ledger(size + size / 2)};
     dropping.demote_to_host = false;
     ModelCache other(dropping);
-    other.acquire(ref(a), kDeviceTier).release();
-    other.acquire(ref(b), kDeviceTier).release();
+    other.acquire(ref(a), kCpu).release();
+    other.acquire(ref(b), kCpu).release();
     CHECK(other.stats().demotions == 0);
-    CHECK(other.used_bytes(kHost) == 0);
+    CHECK(other.host_used_bytes() == 0);
   }
 }
 
@@ -295,25 +314,30 @@ TEST_CASE("a model too large for its device streams from the host tier", "[cache
   const auto big = write_model(dir.path, "big", 8, 12);
   const std::int64_t size = file_tensor_bytes(big);
   auto options = host_only(64_MiB);
-  options.device_budgets = {{kDeviceTier, size / 3}};
+  options.device_ledgers = {ledger(size / 3)};
   SECTION("refused without sequential offload") {
     ModelCache cache(options);
-    CHECK_THROWS_AS(cache.acquire(ref(big), kDeviceTier), apo::Error);
+    CHECK_THROWS_AS(cache.acquire(ref(big), kCpu), apo::Error);
   }
-  SECTION("streamed with it") {
+  SECTION("streamed with it, its slots charged to the device's ledger as staging") {
     options.stream_when_too_large = true;
     ModelCache cache(options);
-    Lease lease = cache.acquire(ref(big), kDeviceTier);
+    Lease lease = cache.acquire(ref(big), kCpu);
     REQUIRE(lease.streamed());
-    CHECK(cache.used_bytes(kHost) == size);
+    CHECK(cache.host_used_bytes() == size);
     auto streamer = lease.streamer();
     CHECK(streamer->plan().device_bytes() <= size / 3);
+    const auto staging = options.device_ledgers[0]->snapshot().staging_bytes;
+    CHECK(staging >= streamer->plan().device_bytes());
+    CHECK(staging <= size / 3);
     const auto file = SafetensorsFile::open(big);
     for (std::size_t b = 0; b < streamer->blocks().size(); ++b) {
       for (const auto& [name, tensor] : streamer->enter(b))
         CHECK(at::equal(tensor, file.view(name)));
       streamer->leave(b);
     }
+    streamer.reset();
+    CHECK(options.device_ledgers[0]->snapshot().staging_bytes == 0);
   }
 }
 
@@ -334,18 +358,18 @@ TEST_CASE("LoRAs merge while leased and the base comes back exactly", "[cache][l
   for (const auto precision : {apo::Precision::fp32, apo::Precision::fp8_e4m3}) {
     INFO(apo::to_string(precision));
     auto options = host_only(64_MiB);
-    options.precision = precision;
+    options.quantization = stored_as(precision);
     ModelCache cache(options);
     const at::Tensor stored =
-        cache.acquire(ref(base), kHost)->weight("blocks.0.attn.qkv.weight").data().clone();
+        cache.acquire(ref(base), kCpu)->weight("blocks.0.attn.qkv.weight").data().clone();
     {
-      Lease patched = cache.acquire(ref(base), kHost, {{lora, 0.5}});
-      Lease same = cache.acquire(ref(base), kHost, {{lora, 0.5}});  // agrees: shares
+      Lease patched = cache.acquire(ref(base), kCpu, {{lora, 0.5}});
+      Lease same = cache.acquire(ref(base), kCpu, {{lora, 0.5}});  // agrees: shares
       CHECK(&patched.model() == &same.model());
       const at::Tensor merged = patched->dense("blocks.0.attn.qkv.weight", at::kFloat);
       CHECK(at::allclose(merged, expected, precision == apo::Precision::fp32 ? 1e-5 : 0.1, 1e-2));
       // A lease without the LoRA waits for these to end.
-      auto plain = cache.acquire_async(ref(base), kHost);
+      auto plain = cache.acquire_async(ref(base), kCpu);
       CHECK(plain.wait_for(std::chrono::milliseconds(100)) == std::future_status::timeout);
       patched.release();
       same.release();
@@ -372,7 +396,7 @@ TEST_CASE("preloading warms the host tier with what the history predicts", "[cac
   preload.done.wait();
   CHECK(preload.models.size() == 2);
   CHECK(cache.stats().loads == 2);
-  cache.acquire(ref(wan), kHost).release();
+  cache.acquire(ref(wan), kCpu).release();
   CHECK(cache.stats().hits == 1);
   CHECK(cache.preload(predictor, 3, 0.3).models.empty());  // nothing predicted at 3 am
 }
@@ -381,65 +405,83 @@ TEST_CASE("bad files and misuse are errors, and a failed load does not poison th
           "[cache][errors]") {
   ScratchDir dir;
   ModelCache cache(host_only(64_MiB));
-  CHECK_THROWS_MATCHES(cache.acquire(ref(dir.path / "none.safetensors"), kHost), apo::Error,
+  CHECK_THROWS_MATCHES(cache.acquire(ref(dir.path / "none.safetensors"), kCpu), apo::Error,
                        Catch::Predicate<apo::Error>([](const apo::Error& e) {
                          return e.code() == apo::ErrorCode::NotFound;
                        }));
   const fs::path broken = dir.path / "broken.safetensors";
   std::ofstream(broken, std::ios::binary) << "\x10\0\0\0\0\0\0\0{\"x\": 1}";
-  CHECK_THROWS_MATCHES(cache.acquire(ref(broken), kHost), apo::Error,
+  CHECK_THROWS_MATCHES(cache.acquire(ref(broken), kCpu), apo::Error,
                        Catch::Predicate<apo::Error>([](const apo::Error& e) {
                          return e.code() == apo::ErrorCode::Corrupt;
                        }));
   write_model(dir.path, "broken", 1, 18);  // fixed in place
-  CHECK_NOTHROW(cache.acquire(ref(broken), kHost));
-  CHECK_THROWS_AS(cache.acquire(ref(broken), c10::Device(c10::kCUDA, 3)), apo::Error);
+  CHECK_NOTHROW(cache.acquire(ref(broken), kCpu));
+  CHECK_THROWS_AS(cache.acquire(ref(broken), apo::Device::cuda(3)), apo::Error);
 
   Lease orphan;
   {
     ModelCache short_lived(host_only(64_MiB));
-    orphan = short_lived.acquire(ref(broken), kHost);
+    orphan = short_lived.acquire(ref(broken), kCpu);
   }
   CHECK_THROWS_WITH(orphan.model(), Catch::Contains("used after its ModelCache was destroyed"));
   CHECK_THROWS_AS(Lease().model(), apo::Error);
 }
 
-TEST_CASE("options come from the configuration and the machine", "[cache]") {
+TEST_CASE("options come from the configuration", "[cache]") {
   apo::Config config;
-  config.performance.max_memory_usage_gib = 20.0;
-  config.system.memory_pool_size_gib = 16.0;
   config.memory.enable_cpu_offload = true;
+  config.memory.eviction_threshold = 0.7;
   config.storage.preload_models = true;
-  apo::MachineInfo machine;
-  machine.memory.total_bytes = 64_GiB;
-  machine.cuda_devices.resize(2);
-  machine.cuda_devices[1].index = 1;
-  const auto options = ModelCacheOptions::from_config(config, machine);
-  REQUIRE(options.device_budgets.size() == 2);
-  CHECK(options.device_budgets[1].first == c10::Device(c10::kCUDA, 1));
-  CHECK(options.device_budgets[1].second == 20_GiB);
-  CHECK(options.host_budget_bytes == 16_GiB);
+  config.system.io_threads = 3;
+  const auto options = ModelCacheOptions::from_config(config);
   CHECK(options.demote_to_host);
   CHECK(options.keep_host_copy);
-  CHECK(options.eviction_threshold == 0.8);
+  CHECK(options.eviction_threshold == 0.7);
+  CHECK(options.io_threads == 3);
+  CHECK_FALSE(options.host_ledger);  // ledgers come from whoever owns the devices
+  // A cache needs a host ledger.
+  CHECK_THROWS_AS(ModelCache(options), apo::Error);
+}
+
+TEST_CASE("the cache charges its weights to the ledgers and gives them back", "[cache]") {
+  ScratchDir dir;
+  const auto a = write_model(dir.path, "a", 4, 21);
+  const std::int64_t size = file_tensor_bytes(a);
+  auto options = host_only(64_MiB);
+  {
+    ModelCache cache(options);
+    cache.acquire(ref(a), kCpu).release();
+    CHECK(options.host_ledger->snapshot().weights_bytes == size);
+    // Activations using most of the budget push the idle model out of the ledger.
+    const std::int64_t pool = 64_MiB - size - size / 2;
+    options.host_ledger->charge(apo::memory::LedgerUse::pool, pool, "activations");
+    CHECK(cache.make_room(kCpu, size) == size);
+    CHECK(options.host_ledger->snapshot().weights_bytes == 0);
+    options.host_ledger->release(apo::memory::LedgerUse::pool, pool);
+    cache.acquire(ref(a), kCpu).release();
+    CHECK(cache.footprint(ref(a), kCpu).resident);
+    CHECK(cache.footprint(ref(a), kCpu).bytes == size);
+  }
+  CHECK(options.host_ledger->snapshot().weights_bytes == 0);  // the cache is gone
 }
 
 TEST_CASE("quantized conversions are kept and reused by the next cold load", "[cache]") {
   ScratchDir dir;
   const auto path = write_model(dir.path, "wan", 4, 19);
   auto options = host_only(64_MiB);
-  options.precision = apo::Precision::fp8_e4m3;
+  options.quantization = stored_as(apo::Precision::fp8_e4m3);
   options.converted_models = dir.path / "converted";
   at::Tensor first;
   {
     ModelCache cache(options);
-    first = cache.acquire(ref(path), kHost)->weight("blocks.1.ffn.weight").data().clone();
+    first = cache.acquire(ref(path), kCpu)->weight("blocks.1.ffn.weight").data().clone();
     CHECK(cache.stats().conversions_written == 1);
     CHECK(cache.stats().conversions_read == 0);
   }
   {
     ModelCache cache(options);
-    const Lease lease = cache.acquire(ref(path), kHost);
+    const Lease lease = cache.acquire(ref(path), kCpu);
     CHECK(cache.stats().conversions_read == 1);
     CHECK(bitwise_equal(lease->weight("blocks.1.ffn.weight").data(), first));
   }
@@ -447,7 +489,7 @@ TEST_CASE("quantized conversions are kept and reused by the next cold load", "[c
     write_model(dir.path, "wan", 4, 20);
     fs::last_write_time(path, fs::last_write_time(path) + std::chrono::seconds(5));
     ModelCache cache(options);
-    const Lease lease = cache.acquire(ref(path), kHost);
+    const Lease lease = cache.acquire(ref(path), kCpu);
     CHECK(cache.stats().conversions_read == 0);
     CHECK(cache.stats().conversions_written == 1);
     CHECK_FALSE(bitwise_equal(lease->weight("blocks.1.ffn.weight").data(), first));
@@ -457,7 +499,7 @@ TEST_CASE("quantized conversions are kept and reused by the next cold load", "[c
       std::ofstream(entry.path(), std::ios::binary | std::ios::trunc) << "garbage";
     }
     ModelCache cache(options);
-    const Lease lease = cache.acquire(ref(path), kHost);
+    const Lease lease = cache.acquire(ref(path), kCpu);
     CHECK(cache.stats().conversions_written == 1);
     CHECK(bitwise_equal(lease->weight("blocks.1.ffn.weight").data(), first));
   }

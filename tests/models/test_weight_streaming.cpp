@@ -40,9 +40,7 @@ std::map<std::string, at::Tensor> make_weights(
 class RecordingBackend final : public TransferBackend {
  public:
   explicit RecordingBackend(std::vector<std::string>& log)
-      : log_(log), cpu_(make_transfer_backend(c10::Device(c10::kCPU), 0)) {}
-  void* allocate(std::int64_t bytes) override { return cpu_->allocate(bytes); }
-  void* host_staging(std::int64_t bytes) override { return cpu_->host_staging(bytes); }
+      : log_(log), cpu_(make_transfer_backend(apo::Device::cpu(), 0)) {}
   void copy(void* device, const void* host, std::int64_t bytes, int wait_for_slot) override {
     log_.push_back(fmt::format("copy after release {}", wait_for_slot));
     cpu_->copy(device, host, bytes, wait_for_slot);
@@ -50,7 +48,8 @@ class RecordingBackend final : public TransferBackend {
   void copies_done(int slot) override { log_.push_back(fmt::format("copied {}", slot)); }
   void compute_waits(int slot) override { log_.push_back(fmt::format("compute waits {}", slot)); }
   void slot_released(int slot) override { log_.push_back(fmt::format("released {}", slot)); }
-  c10::Device device() const override { return cpu_->device(); }
+  void synchronize() override { log_.push_back("synchronize"); }
+  apo::Device device() const override { return cpu_->device(); }
 
  private:
   std::vector<std::string>& log_;
@@ -124,7 +123,8 @@ TEST_CASE("the streamer serves every block's weights, pass after pass", "[stream
   REQUIRE_FALSE(plan.streamed.empty());
   REQUIRE_FALSE(plan.resident.empty());
 
-  WeightStreamer streamer(weights, blocks, plan, c10::Device(c10::kCPU));
+  WeightStreamer streamer(weights, blocks, plan, apo::Device::cpu(),
+                          StreamingMemory::plain(apo::Device::cpu()));
   constexpr int kPasses = 3;
   for (int pass = 0; pass < kPasses; ++pass) {
     for (std::size_t b = 0; b < blocks.size(); ++b) {
@@ -157,7 +157,8 @@ TEST_CASE("a slot is refilled only after the compute released it", "[streaming]"
   plan.slots = 2;
   plan.resident_bytes = blocks[0].bytes;
   std::vector<std::string> log;
-  WeightStreamer streamer(weights, blocks, plan, std::make_unique<RecordingBackend>(log));
+  WeightStreamer streamer(weights, blocks, plan, std::make_unique<RecordingBackend>(log),
+                          StreamingMemory::plain(apo::Device::cpu()));
   const std::vector<std::string> construction{
       "copy after release -1", "copied 2",  // the resident block, event id after the slots
       "copy after release -1", "copied 0",  // block 1 prefetched into slot 0
@@ -181,7 +182,8 @@ TEST_CASE("entering out of order copies on demand; misuse is an error", "[stream
   StreamingPlan plan;
   plan.streamed = {0, 1, 2, 3, 4};
   plan.slots = 2;
-  WeightStreamer streamer(weights, blocks, plan, c10::Device(c10::kCPU));
+  WeightStreamer streamer(weights, blocks, plan, apo::Device::cpu(),
+                          StreamingMemory::plain(apo::Device::cpu()));
   const auto& w = streamer.enter(3);
   CHECK(at::equal(w.at("blocks.2.attn.qkv.weight"), weights.at("blocks.2.attn.qkv.weight")));
   CHECK(streamer.stats().demand_copies == 1);
@@ -189,7 +191,9 @@ TEST_CASE("entering out of order copies on demand; misuse is an error", "[stream
   CHECK_THROWS_AS(streamer.leave(2), apo::Error);  // never entered
   streamer.leave(3);
   CHECK_THROWS_AS(streamer.enter(99), apo::Error);
-  CHECK_THROWS_AS(WeightStreamer({}, blocks, plan, c10::Device(c10::kCPU)), apo::Error);
+  CHECK_THROWS_AS(WeightStreamer({}, blocks, plan, apo::Device::cpu(),
+                                 StreamingMemory::plain(apo::Device::cpu())),
+                  apo::Error);
 }
 
 TEST_CASE("streaming to a CUDA device computes what the host computes", "[streaming][gpu]") {
@@ -200,7 +204,8 @@ TEST_CASE("streaming to a CUDA device computes what the host computes", "[stream
   for (const auto& b : blocks) total += b.bytes;
   const auto plan = plan_weight_streaming(blocks, total / 3, 1);
   REQUIRE_FALSE(plan.streamed.empty());
-  WeightStreamer streamer(weights, blocks, plan, c10::Device(c10::kCUDA, 0));
+  WeightStreamer streamer(weights, blocks, plan, apo::Device::cuda(0),
+                          StreamingMemory::plain(apo::Device::cuda(0)));
   const at::Tensor x = at::randn({4, 32});
   for (int pass = 0; pass < 2; ++pass) {
     for (std::size_t b = 1; b < blocks.size(); ++b) {

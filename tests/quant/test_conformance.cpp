@@ -10,6 +10,7 @@
 #include <thread>
 #include <vector>
 
+#include "apo/core/error.hpp"
 #include "apo/quant/quantizer.hpp"
 #include "quant_test_support.hpp"
 

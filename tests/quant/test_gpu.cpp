@@ -11,6 +11,7 @@
 
 #include <string>
 
+#include "apo/core/error.hpp"
 #include "apo/core/machine.hpp"
 #include "apo/quant/kernels.hpp"
 #include "apo/quant/qlinear.hpp"

@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "apo/core/error.hpp"
 #include "apo/quant/kernels.hpp"
 #include "apo/quant/qtensor.hpp"
 #include "apo/quant/reference.hpp"

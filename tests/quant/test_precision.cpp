@@ -7,6 +7,7 @@
 #include <cmath>
 #include <string>
 
+#include "apo/core/error.hpp"
 #include "apo/core/units.hpp"
 #include "apo/quant/precision.hpp"
 
@@ -125,20 +126,20 @@ TEST_CASE("the highest-quality format that fits within the fraction is chosen, w
 
 TEST_CASE("the config's precision, quantization switch and fraction drive the choice",
           "[quant][precision]") {
-  apo::PerformanceOptimization config;
-  config.model_precision = apo::Precision::automatic;
-  config.enable_quantization = true;
-  config.quantization_memory_fraction = 0.8;
+  q::PrecisionSettings config;
+  config.precision = apo::Precision::automatic;
+  config.allow_8bit = true;
+  config.memory_fraction = 0.8;
   CHECK(q::choose_precision(config, flux_like(), 32 * GiB).spec.format ==
-        QFormat::fp16);                       // 25.6 GiB budget
-  config.quantization_memory_fraction = 0.5;  // 16 GiB budget: fp16's 22.4 GiB does not fit
+        QFormat::fp16);          // 25.6 GiB budget
+  config.memory_fraction = 0.5;  // 16 GiB budget: fp16's 22.4 GiB does not fit
   CHECK(q::traits(q::choose_precision(config, flux_like(), 32 * GiB).spec.format).scaled);
-  config.model_precision = apo::Precision::fp8_e4m3;
+  config.precision = apo::Precision::fp8_e4m3;
   const q::PrecisionChoice fixed = q::choose_precision(config, flux_like(), 32 * GiB);
   CHECK(fixed.spec == kE4M3);
   CHECK(fixed.fits);
   CHECK(fixed.reason.find("model_precision is fp8_e4m3") != std::string::npos);
-  config.model_precision = apo::Precision::fp32;
+  config.precision = apo::Precision::fp32;
   const q::PrecisionChoice too_big = q::choose_precision(config, flux_like(), 32 * GiB);
   CHECK_FALSE(too_big.fits);
   CHECK(too_big.reason.find("more than the budget") != std::string::npos);
@@ -164,10 +165,10 @@ TEST_CASE("precision choice rejects impossible requests", "[quant][precision]") 
 }
 
 TEST_CASE("format names and the config's precisions map to formats", "[quant][precision]") {
-  CHECK(q::parse_format("fp8") == QFormat::fp8_e4m3);
-  CHECK(q::parse_format("int8") == QFormat::int8);
-  CHECK_FALSE(q::parse_format("int4").has_value());
-  CHECK(q::parse_scaling("per_row") == Scaling::per_row);
+  CHECK(apo::parse_enum<QFormat>("fp8") == QFormat::fp8_e4m3);
+  CHECK(apo::parse_enum<QFormat>("int8") == QFormat::int8);
+  CHECK_FALSE(apo::parse_enum<QFormat>("int4").has_value());
+  CHECK(apo::parse_enum<Scaling>("per_row") == Scaling::per_row);
   CHECK(q::to_string(kE4M3) == "fp8_e4m3 per_row");
   CHECK(q::to_string(q::QuantSpec{QFormat::bf16, Scaling::none}) == "bf16");
   CHECK(q::format_of(apo::Precision::fp8_e5m2) == QFormat::fp8_e5m2);

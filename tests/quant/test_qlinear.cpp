@@ -7,6 +7,7 @@
 
 #include <string>
 
+#include "apo/core/error.hpp"
 #include "apo/quant/kernels.hpp"
 #include "apo/quant/qlinear.hpp"
 #include "cpu_allocation_counter.hpp"

@@ -8,6 +8,7 @@
 #include <cmath>
 #include <string>
 
+#include "apo/core/error.hpp"
 #include "apo/quant/state_dict.hpp"
 
 namespace q = apo::quant;

@@ -8,17 +8,17 @@
 
 #include "apo/batch/batch.hpp"
 #include "apo/core/units.hpp"
-#include "apo/engine/request.hpp"
+#include "apo/request/request.hpp"
 
 namespace sched_test {
 
-using apo::engine::QualityLevel;
-using apo::engine::Request;
+using apo::QualityLevel;
+using apo::Request;
 using namespace std::chrono_literals;
 
 /// @brief A valid image request of `workflow` with the given id, priority and estimate.
-inline Request request(apo::engine::RequestId id, std::string workflow = "qwen_edit",
-                       int priority = 0, std::int64_t memory_bytes = apo::GiB) {
+inline Request request(apo::RequestId id, std::string workflow = "qwen_edit", int priority = 0,
+                       std::int64_t memory_bytes = apo::GiB) {
   Request r;
   r.id = id;
   r.workflow = std::move(workflow);

@@ -2,14 +2,17 @@
 
 #include "apo_catch.hpp"
 
+#include <atomic>
 #include <chrono>
+#include <memory>
 #include <thread>
+#include <vector>
 
 #include "apo/batch/fixed_batcher.hpp"
 #include "apo/batch/memory_aware_batcher.hpp"
 #include "apo/core/clock.hpp"
 #include "apo/core/config.hpp"
-#include "apo/core/machine.hpp"
+#include "apo/core/error.hpp"
 #include "apo/sched/placement.hpp"
 #include "apo/sched/priority_scheduler.hpp"
 #include "sched_test_support.hpp"
@@ -20,6 +23,7 @@ using apo::FakeClock;
 using apo::batch::Batch;
 using apo::batch::FixedBatcher;
 using apo::batch::MemoryAwareBatcher;
+using apo::memory::LedgerUse;
 using apo::sched::DeviceSpec;
 using apo::sched::Placement;
 using apo::sched::PlacementOptions;
@@ -27,32 +31,50 @@ using apo::sched::PriorityScheduler;
 using namespace sched_test;
 using namespace apo::literals;
 
+namespace {
+
+std::vector<std::shared_ptr<apo::memory::MemoryLedger>> ledgers(std::vector<std::int64_t> budgets) {
+  std::vector<DeviceSpec> specs;
+  for (std::size_t i = 0; i < budgets.size(); ++i) {
+    specs.push_back({apo::Device::cuda(static_cast<int>(i)), budgets[i]});
+  }
+  return apo::sched::make_ledgers(specs);
+}
+
+}  // namespace
+
 TEST_CASE("placement across devices", "[sched][placement]") {
   SECTION("the device with room and the lowest score") {
-    Placement placement({{"cuda:0", 20_GiB}, {"cuda:1", 20_GiB}, {"cuda:2", 8_GiB}});
+    auto devices = ledgers({20_GiB, 20_GiB, 8_GiB});
+    Placement placement(devices);
     // All idle and empty: equal scores, the first wins.
     CHECK(placement.choose(4_GiB) == 0u);
-    // Memory pressure: cuda:0 has 12 of 20 GiB used by others.
-    placement.report(0, 12_GiB);
+    // Memory pressure: cuda:0 has 12 of 20 GiB of resident weights.
+    devices[0]->charge(LedgerUse::weights, 12_GiB, "resident models");
     CHECK(placement.choose(4_GiB) == 1u);
     CHECK(placement.load(0).memory_pressure() == Approx(0.6));
     // Utilization (as NVML reports it) adds to the score.
-    placement.report(1, 0, 0.9);
+    placement.report_utilization(1, 0.9);
     CHECK(placement.choose(4_GiB) == 2u);  // 0 + 0 beats 0.9 + 0 and 0 + 0.6
     // Only devices with room count: 10 GiB fits neither cuda:0 (8 free) nor cuda:2 (8).
     CHECK(placement.choose(10_GiB) == 1u);
     CHECK_FALSE(placement.choose(21_GiB));
+    // A cached activation pool serves batches: it does not take their room.
+    devices[2]->charge(LedgerUse::pool, 6_GiB, "activation pool");
+    CHECK(placement.load(2).room_bytes == 8_GiB);
 
     // Weights: ignore utilization entirely.
     PlacementOptions memory_only;
     memory_only.utilization_weight = 0;
-    Placement weighted({{"cuda:0", 20_GiB}, {"cuda:1", 20_GiB}}, memory_only);
-    weighted.report(0, 0, 1.0);
-    weighted.report(1, 2_GiB, 0.0);
+    auto weighted_devices = ledgers({20_GiB, 20_GiB});
+    Placement weighted(weighted_devices, memory_only);
+    weighted.report_utilization(0, 1.0);
+    weighted.report_utilization(1, 0.0);
+    weighted_devices[1]->charge(LedgerUse::weights, 2_GiB, "resident models");
     CHECK(weighted.choose(1_GiB) == 0u);
   }
   SECTION("a request no device can hold is rejected with the reason") {
-    const Placement placement({{"cuda:0", 20_GiB}, {"cuda:1", 12_GiB}});
+    const Placement placement(ledgers({20_GiB, 12_GiB}));
     placement.admit(request(1, "hunyuan_t2v", 0, 20_GiB));
     CHECK_THROWS_MATCHES(placement.admit(request(2, "hunyuan_t2v", 0, 24_GiB)), Error,
                          Catch::Predicate<Error>([](const Error& e) {
@@ -65,14 +87,17 @@ TEST_CASE("placement across devices", "[sched][placement]") {
   }
   SECTION("bad devices and indexes are refused") {
     CHECK_THROWS_AS(Placement({}), Error);
-    CHECK_THROWS_AS(Placement({{"cuda:0", 0}}), Error);
+    CHECK_THROWS_AS(Placement({nullptr}), Error);
+    CHECK_THROWS_AS(apo::sched::make_ledgers({{apo::Device::cuda(0), 0}}), Error);
+    auto twice = ledgers({1_GiB});
+    twice.push_back(twice.front());
+    CHECK_THROWS_AS(Placement(twice), Error);
     PlacementOptions bad;
     bad.batches_per_device = 0;
-    CHECK_THROWS_AS(Placement({{"cuda:0", 1_GiB}}, bad), Error);
-    Placement placement({{"cuda:0", 1_GiB}});
+    CHECK_THROWS_AS(Placement(ledgers({1_GiB}), bad), Error);
+    Placement placement(ledgers({1_GiB}));
     CHECK_THROWS_AS(placement.load(3), Error);
-    CHECK_THROWS_AS(placement.report(0, -1), Error);
-    CHECK_THROWS_AS(placement.report(0, 0, 1.5), Error);
+    CHECK_THROWS_AS(placement.report_utilization(0, 1.5), Error);
     CHECK_THROWS_AS(placement.complete(0, Batch{}), Error);  // nothing was placed
   }
   SECTION("dispatch forms batches for the room there is, one queue per device") {
@@ -81,14 +106,15 @@ TEST_CASE("placement across devices", "[sched][placement]") {
     apo::batch::MemoryAwareBatcherOptions options;
     options.max_queue_delay = std::chrono::milliseconds(0);
     const MemoryAwareBatcher batcher(options);
-    Placement placement({{"cuda:0", 20_GiB}, {"cuda:1", 12_GiB}});
+    auto devices = ledgers({20_GiB, 12_GiB});
+    Placement placement(devices);
 
     for (int i = 1; i <= 12; ++i) scheduler.submit(request(i, "qwen_edit", 0, 4_GiB));
-    // First batch: sized for the largest free memory (20 GiB: 5 of 4 GiB), to cuda:0.
+    // First batch: both idle and empty, cuda:0 wins the tie; sized for its 20 GiB (5 of 4 GiB).
     auto first = placement.dispatch(scheduler, batcher);
     REQUIRE(first.device == 0u);
     CHECK(first.batch_size == 5);
-    CHECK(placement.load(0).reserved_bytes == 20_GiB);
+    CHECK(placement.load(0).memory.batches_bytes == 20_GiB);
     CHECK(placement.load(0).in_flight == 1);
     // cuda:0 is at its one batch: the next goes to cuda:1, sized for 12 GiB.
     auto second = placement.dispatch(scheduler, batcher);
@@ -108,11 +134,39 @@ TEST_CASE("placement across devices", "[sched][placement]") {
     CHECK(on_zero->size() == 5);
     CHECK_FALSE(placement.try_take(0));
     placement.complete(0, *on_zero);
-    CHECK(placement.load(0).reserved_bytes == 0);
+    CHECK(placement.load(0).memory.batches_bytes == 0);
     auto again = placement.dispatch(scheduler, batcher);
     CHECK(again.device == 0u);
     CHECK(again.batch_size == 4);
     CHECK(scheduler.size() == 0);
+  }
+  SECTION("resident weights and extra bytes leave less room; a head that fits nowhere blocks") {
+    FakeClock clock;
+    PriorityScheduler scheduler(clock);
+    const FixedBatcher batcher(8);
+    auto devices = ledgers({10_GiB});
+    Placement placement(devices);
+    devices[0]->charge(LedgerUse::weights, 4_GiB, "resident models");
+    for (int i = 1; i <= 4; ++i) scheduler.submit(request(i, "qwen_edit", 0, 2_GiB));
+    // The batch's models need 2 GiB more there: 6 - 2 = 4 GiB for requests.
+    const apo::sched::ExtraBytes extra = [](apo::batch::GroupKeyView, std::size_t) {
+      return std::int64_t{2_GiB};
+    };
+    const auto placed = placement.dispatch(scheduler, batcher, extra);
+    REQUIRE(placed.device == 0u);
+    CHECK(placed.batch_size == 2);
+    CHECK(devices[0]->snapshot().batches_bytes == 4_GiB);
+    placement.complete(0, *placement.try_take(0));
+    // With 9 GiB of weights resident, no request fits: blocked, naming the head.
+    devices[0]->charge(LedgerUse::weights, 5_GiB, "more models");
+    const auto blocked = placement.dispatch(scheduler, batcher);
+    CHECK_FALSE(blocked.device);
+    REQUIRE(blocked.blocked);
+    CHECK(blocked.blocked->head == 3);
+    CHECK(blocked.blocked->needed_bytes == 2_GiB);
+    CHECK(blocked.blocked->largest_room_bytes == 1_GiB);
+    CHECK(devices[0]->snapshot().batches_bytes == 0);  // the reservation was given back
+    CHECK(scheduler.size() == 2);
   }
   SECTION("several batches per device share its memory") {
     FakeClock clock;
@@ -120,61 +174,48 @@ TEST_CASE("placement across devices", "[sched][placement]") {
     const FixedBatcher batcher(2);
     PlacementOptions two;
     two.batches_per_device = 2;
-    Placement placement({{"cuda:0", 10_GiB}}, two);
+    Placement placement(ledgers({10_GiB}), two);
     for (int i = 1; i <= 6; ++i) scheduler.submit(request(i, "qwen_edit", 0, 3_GiB));
     CHECK(placement.dispatch(scheduler, batcher).batch_size == 2);  // 6 of 10 GiB
     CHECK(placement.load(0).utilization == Approx(0.5));
     // 4 GiB left: one more request fits beside the first batch.
     CHECK(placement.dispatch(scheduler, batcher).batch_size == 1);
     CHECK_FALSE(placement.dispatch(scheduler, batcher).device);  // two in flight
-    CHECK(placement.load(0).reserved_bytes == 9_GiB);
+    CHECK(placement.load(0).memory.batches_bytes == 9_GiB);
   }
   SECTION("a worker blocks until its device has a batch, and stops on request") {
     FakeClock clock;
     PriorityScheduler scheduler(clock);
     const FixedBatcher batcher(1);
-    Placement placement({{"cuda:0", 8_GiB}});
+    Placement placement(ledgers({8_GiB}));
+    std::atomic<bool> returned{false};
     std::optional<Batch> taken;
-    std::jthread worker([&](std::stop_token stop) { taken = placement.take(0, stop); });
+    std::jthread worker([&](std::stop_token stop) {
+      taken = placement.take(0, stop);
+      returned = true;
+    });
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    CHECK_FALSE(returned);  // nothing to take yet: the worker waits
     scheduler.submit(request(1));
     REQUIRE(placement.dispatch(scheduler, batcher).device == 0u);
     worker.join();
     REQUIRE(taken);
     CHECK(taken->requests.at(0).id == 1);
 
+    std::atomic<bool> idle_returned{false};
     std::optional<Batch> none = Batch{};
-    std::jthread idle([&](std::stop_token stop) { none = placement.take(0, stop); });
+    std::jthread idle([&](std::stop_token stop) {
+      none = placement.take(0, stop);
+      idle_returned = true;
+    });
     std::this_thread::sleep_for(std::chrono::milliseconds(20));
+    CHECK_FALSE(idle_returned);
     idle.request_stop();
     idle.join();
     CHECK_FALSE(none);
   }
-  SECTION("the devices of a machine") {
-    apo::MachineInfo machine;
-    machine.memory.total_bytes = 64_GiB;
+  SECTION("options come from the config") {
     apo::Config config;
-    auto host = Placement::devices_for(machine, config);
-    REQUIRE(host.size() == 1);
-    CHECK(host[0].name == "cpu");
-    CHECK(host[0].budget_bytes > 0);
-
-    machine.cuda_devices.resize(2);
-    machine.cuda_devices[0].index = 0;
-    machine.cuda_devices[0].total_bytes = 24_GiB;
-    machine.cuda_devices[1].index = 1;
-    machine.cuda_devices[1].total_bytes = 16_GiB;
-    config.performance.parallel_execution = false;
-    CHECK(Placement::devices_for(machine, config).size() == 1);
-    config.performance.parallel_execution = true;
-    auto gpus = Placement::devices_for(machine, config);
-    REQUIRE(gpus.size() == 2);
-    CHECK(gpus[0].name == "cuda:0");
-    CHECK(gpus[0].budget_bytes == 20_GiB);  // the tune rule: 0.88 x 24 - 1.2, to 0.5 GiB
-    CHECK(gpus[1].budget_bytes == 13_GiB);
-    config.performance.max_memory_usage_gib = 10.0;
-    CHECK(Placement::devices_for(machine, config)[1].budget_bytes == 10_GiB);
-
     config.scheduling.batches_per_device = 3;
     config.scheduling.memory_pressure_weight = 2.0;
     const auto options = PlacementOptions::from_config(config);

@@ -6,6 +6,7 @@
 
 #include "apo/core/clock.hpp"
 #include "apo/core/config.hpp"
+#include "apo/core/error.hpp"
 #include "apo/sched/fifo_scheduler.hpp"
 #include "apo/sched/priority_scheduler.hpp"
 #include "sched_test_support.hpp"
@@ -13,7 +14,7 @@
 using apo::Error;
 using apo::ErrorCode;
 using apo::FakeClock;
-using apo::engine::RequestId;
+using apo::RequestId;
 using apo::sched::FifoScheduler;
 using apo::sched::PriorityScheduler;
 using apo::sched::SchedulerOptions;
@@ -53,7 +54,7 @@ TEST_CASE("FIFO: strict arrival order, a batch is a run of one key", "[sched][fi
   auto tall = request(5);
   tall.height = 768;
   auto fine = request(6);
-  fine.quality = apo::engine::QualityLevel::quality_first;
+  fine.quality = apo::QualityLevel::quality_first;
   scheduler.submit(request(7));
   scheduler.submit(tall);
   scheduler.submit(fine);
@@ -192,7 +193,7 @@ TEST_CASE("scheduler options come from the config", "[sched][config]") {
   CHECK(options.aging_bound == 40s);
   CHECK(options.default_timeout == 2500ms);
   FakeClock clock;
-  CHECK(PriorityScheduler::from_config(clock, config).level_step() == 10s);
+  CHECK(PriorityScheduler(clock, options).level_step() == 10s);
 
   const auto loaded = apo::parse_config(R"({"scheduling": {"queue_policy": "fifo",
       "batch_policy": "fixed", "max_queue_delay_ms": 0, "aging_bound_s": 60}})");

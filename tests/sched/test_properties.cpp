@@ -17,10 +17,10 @@
 #include "apo/sched/simulator.hpp"
 
 using apo::Clock;
+using apo::RequestId;
 using apo::batch::FixedBatcher;
 using apo::batch::GroupKeyView;
 using apo::batch::MemoryAwareBatcher;
-using apo::engine::RequestId;
 using apo::sched::BatchRecord;
 using apo::sched::FifoScheduler;
 using apo::sched::Outcome;
@@ -196,13 +196,13 @@ SimulationOptions devices_of(int setup) {
   SimulationOptions sim;
   switch (setup) {
     case 0:
-      sim.devices = {{"cuda:0", 20_GiB}};
+      sim.devices = {{apo::Device::cuda(0), 20_GiB}};
       break;
     case 1:
-      sim.devices = {{"cuda:0", 6_GiB}};
+      sim.devices = {{apo::Device::cuda(0), 6_GiB}};
       break;
     default:
-      sim.devices = {{"cuda:0", 20_GiB}, {"cuda:1", 14_GiB}};
+      sim.devices = {{apo::Device::cuda(0), 20_GiB}, {apo::Device::cuda(1), 14_GiB}};
   }
   return sim;
 }

@@ -3,6 +3,8 @@
 #include "apo_catch.hpp"
 
 #include <algorithm>
+#include <atomic>
+#include <chrono>
 #include <map>
 #include <random>
 #include <set>
@@ -10,6 +12,7 @@
 #include <vector>
 
 #include "apo/core/clock.hpp"
+#include "apo/core/error.hpp"
 #include "apo/sched/fifo_scheduler.hpp"
 #include "apo/sched/priority_scheduler.hpp"
 #include "sched_test_support.hpp"
@@ -25,6 +28,7 @@ using apo::sched::PriorityScheduler;
 using apo::sched::SchedulerOptions;
 using namespace sched_test;
 using namespace apo::literals;
+using namespace std::chrono_literals;
 
 namespace {
 
@@ -39,6 +43,63 @@ void check_conservation(const S& scheduler) {
 
 TEMPLATE_TEST_CASE("scheduler: the Scheduler contract", "[sched][conformance]", FifoScheduler,
                    PriorityScheduler) {
+  SECTION("a blocked plan forms nothing and names the head") {
+    FakeClock clock;
+    TestType scheduler(clock);
+    scheduler.submit(request(1, "qwen_edit", 0, 3_GiB));
+    scheduler.submit(request(2, "qwen_edit", 0, 1_GiB));
+    const auto popped =
+        scheduler.pop_batch([](const BatchCandidate&) { return apo::batch::BatchPlan::blocked(); });
+    CHECK(popped.batch.empty());
+    REQUIRE(popped.blocked);
+    CHECK(popped.blocked->head == 1);
+    CHECK(popped.blocked->head_memory_bytes == 3_GiB);
+    CHECK(scheduler.size() == 2);
+    check_conservation(scheduler);
+  }
+  SECTION("wait returns on a submit, a notify, the clock and close") {
+    FakeClock clock;
+    TestType scheduler(clock);
+    // Nothing changed yet: a wait until now returns at once.
+    CHECK(scheduler.wait(clock.now()) == apo::sched::WaitResult::timeout);
+    // A submit before the wait is not lost.
+    scheduler.submit(request(1));
+    CHECK(scheduler.wait(std::nullopt) == apo::sched::WaitResult::changed);
+    // A submit from another thread wakes a waiter that has no deadline.
+    std::atomic<int> woke{0};
+    std::thread waiter([&] { woke = static_cast<int>(scheduler.wait(std::nullopt)) + 1; });
+    scheduler.submit(request(2));
+    waiter.join();
+    CHECK(woke == static_cast<int>(apo::sched::WaitResult::changed) + 1);
+    // The fake clock moving past the deadline wakes a waiter (no real time passes).
+    std::atomic<bool> returned{false};
+    const auto deadline = clock.now() + 10s;
+    std::atomic<apo::sched::WaitResult> timed_result{apo::sched::WaitResult::changed};
+    std::thread timed([&] {
+      timed_result = scheduler.wait(deadline);
+      returned = true;
+    });
+    clock.advance(5s);
+    std::this_thread::sleep_for(20ms);
+    const bool early = returned;
+    clock.advance(5s);
+    timed.join();
+    CHECK_FALSE(early);
+    CHECK(timed_result == apo::sched::WaitResult::timeout);
+    // notify() wakes, close() wakes and refuses submits; queued requests stay.
+    scheduler.notify();
+    CHECK(scheduler.wait(std::nullopt) == apo::sched::WaitResult::changed);
+    std::thread closer([&] { scheduler.close(); });
+    CHECK(scheduler.wait(std::nullopt) == apo::sched::WaitResult::closed);
+    closer.join();
+    CHECK(scheduler.closed());
+    CHECK_THROWS_MATCHES(
+        scheduler.submit(request(3)), Error,
+        Catch::Predicate<Error>([](const Error& e) { return e.code() == ErrorCode::Rejected; }));
+    CHECK(scheduler.size() == 2);
+    CHECK(scheduler.pop_batch(Take{}).batch.size() == 2);
+    check_conservation(scheduler);
+  }
   SECTION("a batch holds one grouping key, within the plan's limits") {
     FakeClock clock;
     TestType scheduler(clock);
@@ -127,11 +188,11 @@ TEMPLATE_TEST_CASE("scheduler: the Scheduler contract", "[sched][conformance]", 
     CHECK_FALSE(scheduler.cancel(99));
     CHECK(scheduler.size() == 4);
 
-    std::vector<apo::engine::RequestId> ids;
+    std::vector<apo::RequestId> ids;
     while (scheduler.size() > 0) {
       for (const auto& r : scheduler.pop_batch(Take{2}).batch.requests) ids.push_back(r.id);
     }
-    CHECK(ids == std::vector<apo::engine::RequestId>{1, 2, 4, 5});
+    CHECK(ids == std::vector<apo::RequestId>{1, 2, 4, 5});
     CHECK(scheduler.stats().cancelled == 1);
     // The id is free again once its request has left.
     scheduler.submit(request(3));
@@ -277,10 +338,10 @@ TEMPLATE_TEST_CASE("scheduler: random operations keep every request accounted fo
   TestType scheduler(clock, options);
 
   const char* workflows[] = {"qwen_edit", "wan_alpha", "newbie_anime"};
-  std::map<apo::engine::RequestId, int> ends;  // id -> times it ended
-  std::set<apo::engine::RequestId> queued;
-  apo::engine::RequestId next_id = 1;
-  const auto ended = [&](apo::engine::RequestId id) {
+  std::map<apo::RequestId, int> ends;  // id -> times it ended
+  std::set<apo::RequestId> queued;
+  apo::RequestId next_id = 1;
+  const auto ended = [&](apo::RequestId id) {
     ++ends[id];
     CHECK(queued.erase(id) == 1);
   };
@@ -347,7 +408,7 @@ TEMPLATE_TEST_CASE("scheduler: concurrent submits, cancels and pops lose nothing
   for (int t = 0; t < kThreads; ++t) {
     threads.emplace_back([&, t] {
       for (int i = 0; i < kPerThread; ++i) {
-        const auto id = static_cast<apo::engine::RequestId>(t * kPerThread + i + 1);
+        const auto id = static_cast<apo::RequestId>(t * kPerThread + i + 1);
         scheduler.submit(request(id, i % 2 ? "qwen_edit" : "wan_alpha", i % 10));
         if (i % 7 == 0 && scheduler.cancel(id)) ++cancelled;
       }

@@ -8,6 +8,7 @@
 
 #include "apo/batch/fixed_batcher.hpp"
 #include "apo/batch/memory_aware_batcher.hpp"
+#include "apo/core/error.hpp"
 #include "apo/sched/fifo_scheduler.hpp"
 #include "apo/sched/priority_scheduler.hpp"
 #include "apo/sched/simulator.hpp"
@@ -15,10 +16,10 @@
 
 using apo::Clock;
 using apo::Error;
+using apo::QualityLevel;
 using apo::batch::Batch;
 using apo::batch::FixedBatcher;
 using apo::batch::MemoryAwareBatcher;
-using apo::engine::QualityLevel;
 using apo::sched::FifoScheduler;
 using apo::sched::Outcome;
 using apo::sched::PriorityScheduler;
@@ -65,10 +66,10 @@ TEST_CASE("simulator: traces and the service model", "[sched][simulator]") {
 
     std::map<std::string, int> workflows;
     std::map<QualityLevel, int> qualities;
-    std::set<apo::engine::RequestId> submitted;
+    std::set<apo::RequestId> submitted;
     int cancels = 0;
     Clock::time_point last_submit{};
-    apo::engine::RequestId expected_id = 1;
+    apo::RequestId expected_id = 1;
     for (std::size_t i = 0; i < trace.size(); ++i) {
       const auto& event = trace[i];
       if (i > 0) CHECK(trace[i - 1].at <= event.at);
@@ -78,7 +79,7 @@ TEST_CASE("simulator: traces and the service model", "[sched][simulator]") {
         continue;
       }
       CHECK(event.request.id == expected_id++);
-      apo::engine::validate(event.request);
+      apo::validate(event.request);
       ++workflows[event.request.workflow];
       ++qualities[event.request.quality];
       CHECK(event.request.steps == apo::sched::steps_for(event.request.quality));
@@ -136,8 +137,8 @@ TEST_CASE("simulator: runs and reports", "[sched][simulator]") {
     const auto report = apo::sched::simulate(trace, make_fifo(), batcher, SimulationOptions{});
     // Request 1 runs alone (0 to 22 s); 2 and 3 run together (22 to 57.2 s).
     REQUIRE(report.batches.size() == 2);
-    CHECK(report.batches[0].ids == std::vector<apo::engine::RequestId>{1});
-    CHECK(report.batches[1].ids == std::vector<apo::engine::RequestId>{2, 3});
+    CHECK(report.batches[0].ids == std::vector<apo::RequestId>{1});
+    CHECK(report.batches[1].ids == std::vector<apo::RequestId>{2, 3});
     CHECK(seconds(report.batches[1].start.time_since_epoch()) == Approx(22.0));
     CHECK(seconds(report.batches[1].end.time_since_epoch()) == Approx(57.2));
     CHECK(report.completed == 3);
@@ -185,9 +186,7 @@ TEST_CASE("simulator: runs and reports", "[sched][simulator]") {
     SimulationOptions sim;
     sim.horizon = 100s;
     const auto report = apo::sched::simulate(trace, make_priority(options), batcher, sim);
-    const auto outcome = [&](apo::engine::RequestId id) {
-      return report.requests.at(id - 1).outcome;
-    };
+    const auto outcome = [&](apo::RequestId id) { return report.requests.at(id - 1).outcome; };
     CHECK(outcome(1) == Outcome::running);
     CHECK(outcome(2) == Outcome::rejected);
     CHECK(report.requests[1].reason == "no_device_fits");
@@ -213,7 +212,7 @@ TEST_CASE("simulator: runs and reports", "[sched][simulator]") {
     options.seed = 3;
     const auto trace = apo::sched::make_trace(options);
     SimulationOptions sim;
-    sim.devices = {{"cuda:0", 20_GiB}, {"cuda:1", 20_GiB}};
+    sim.devices = {{apo::Device::cuda(0), 20_GiB}, {apo::Device::cuda(1), 20_GiB}};
     MemoryAwareBatcher fifo_batcher;
     MemoryAwareBatcher priority_batcher;
     const auto fifo = apo::sched::simulate(trace, make_fifo(), fifo_batcher, sim);

@@ -14,6 +14,7 @@
 
 #include "apo/batch/memory_aware_batcher.hpp"
 #include "apo/core/clock.hpp"
+#include "apo/core/error.hpp"
 #include "apo/sched/fifo_scheduler.hpp"
 #include "apo/sched/placement.hpp"
 #include "apo/sched/priority_scheduler.hpp"
@@ -22,8 +23,8 @@
 using apo::Error;
 using apo::ErrorCode;
 using apo::FakeClock;
+using apo::RequestId;
 using apo::batch::MemoryAwareBatcher;
-using apo::engine::RequestId;
 using apo::sched::FifoScheduler;
 using apo::sched::Placement;
 using apo::sched::PriorityScheduler;
@@ -58,7 +59,8 @@ TEMPLATE_TEST_CASE("stress: 8 submitting threads, every request ends exactly onc
   apo::batch::MemoryAwareBatcherOptions batcher_options;
   batcher_options.max_queue_delay = std::chrono::microseconds(50);
   MemoryAwareBatcher batcher(batcher_options);
-  Placement placement({{"cuda:0", 20_GiB}, {"cuda:1", 12_GiB}});
+  Placement placement(
+      apo::sched::make_ledgers({{apo::Device::cuda(0), 20_GiB}, {apo::Device::cuda(1), 12_GiB}}));
 
   const std::size_t ids = per_thread * kSubmitters + 1;
   std::unique_ptr<std::atomic<int>[]> endings(new std::atomic<int>[ids]);

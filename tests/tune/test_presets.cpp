@@ -40,7 +40,7 @@ TEST_CASE("every preset loads, and kinds are as documented", "[presets]") {
   int hardware = 0, profiles = 0, workflows = 0;
   for (const auto& preset : apo::tune::presets()) {
     INFO(preset.name);
-    CHECK_NOTHROW(apo::ConfigLoader().preset(std::string(preset.name)).load());
+    CHECK_NOTHROW(apo::tune::config_loader().preset(std::string(preset.name)).load());
     CHECK(apo::tune::find_preset(preset.name) == &preset);
     hardware += preset.kind == apo::tune::PresetKind::hardware;
     profiles += preset.kind == apo::tune::PresetKind::profile;

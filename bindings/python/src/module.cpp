@@ -13,6 +13,7 @@
 #include "apo/core/config.hpp"
 #include "apo/core/machine.hpp"
 #include "apo/models/safetensors.hpp"
+#include "apo/tune/presets.hpp"
 #include "apo/version.hpp"
 
 namespace py = pybind11;
@@ -193,7 +194,7 @@ overrides ("key.path=value") last, over the built-in defaults.)doc")
           "load",
           [](const std::string& path, const std::vector<std::string>& presets,
              const std::vector<std::string>& overrides, bool check_machine) {
-            apo::ConfigLoader loader;
+            apo::ConfigLoader loader = apo::tune::config_loader();
             loader.file(path);
             return load(loader, presets, overrides, check_machine);
           },
@@ -205,7 +206,7 @@ overrides ("key.path=value") last, over the built-in defaults.)doc")
           [](const std::string& text, const std::string& source,
              const std::vector<std::string>& presets, const std::vector<std::string>& overrides,
              bool check_machine) {
-            apo::ConfigLoader loader;
+            apo::ConfigLoader loader = apo::tune::config_loader();
             loader.text(text, source);
             return load(loader, presets, overrides, check_machine);
           },

@@ -1,9 +1,9 @@
 #pragma once
 
 /// @file
-/// @brief MemoryAwareBatcher: the guide's DynamicBatcher made precise. The batch size comes from
-/// the memory left and the per-request estimate, is capped by what throughput history allows,
-/// and a batch may wait a bounded time to fill, as Triton's dynamic batcher does.
+/// @brief MemoryAwareBatcher: the guide's DynamicBatcher, sized by memory and throughput. The batch
+/// size comes from the memory left and the per-request estimate, is capped by what throughput
+/// history allows, and a batch may wait a bounded time to fill, as Triton's dynamic batcher does.
 
 #include <array>
 #include <chrono>
@@ -13,32 +13,42 @@
 #include <unordered_map>
 
 #include "apo/batch/batch.hpp"
-#include "apo/core/config.hpp"
+
+namespace apo {
+struct Config;
+}  // namespace apo
 
 namespace apo::batch {
 
 /// @brief Settings of a MemoryAwareBatcher (see docs/config.md, block "scheduling").
 struct MemoryAwareBatcherOptions {
+  /// @brief The defaults of Config{} (the configuration schema is their one source).
+  MemoryAwareBatcherOptions();
+  static MemoryAwareBatcherOptions from_config(const Config& config);
+
   /// The largest batch (performance_optimization.max_batch_size; the guide: 8).
-  std::size_t max_batch_size = 8;
+  std::size_t max_batch_size;
   /// How long a batch may wait after its head was submitted for more requests to join
   /// (scheduling.max_queue_delay_ms); zero never waits.
-  Clock::duration max_queue_delay = std::chrono::milliseconds(100);
+  Clock::duration max_queue_delay;
   /// Throughput samples the history averages over (scheduling.throughput_window; the guide
   /// looks at the last 5).
-  std::size_t throughput_window = 5;
+  std::size_t throughput_window;
   /// A sample this fraction below the history counts as a fall (scheduling.throughput_tolerance).
-  double throughput_tolerance = 0.05;
+  double throughput_tolerance;
   /// Grouping keys whose history is kept; the least recently used is forgotten beyond this.
   std::size_t max_tracked_groups = 256;
 
   /// @brief Throws Error(InvalidArgument) naming the first setting out of range.
   void validate() const;
-  static MemoryAwareBatcherOptions from_config(const Config& config);
+
+ private:
+  explicit MemoryAwareBatcherOptions(const Config& config);
 };
 
 /// @brief Sizes each batch as min(free memory ÷ the head's estimate, the group's throughput
 /// limit), clamped to [1, max_batch_size]; waits up to max_queue_delay for that many requests.
+/// Blocked when the head alone does not fit the free memory.
 ///
 /// Throughput history, per grouping key: throughput (requests per second of service) is
 /// averaged per batch size (an exponential average over throughput_window samples). A full
@@ -51,11 +61,9 @@ struct MemoryAwareBatcherOptions {
 /// Thread-safe: plan() and record() take an internal mutex.
 class MemoryAwareBatcher {
  public:
-  explicit MemoryAwareBatcher(MemoryAwareBatcherOptions options = {});
+  using Options = MemoryAwareBatcherOptions;
 
-  static MemoryAwareBatcher from_config(const Config& config) {
-    return MemoryAwareBatcher(MemoryAwareBatcherOptions::from_config(config));
-  }
+  explicit MemoryAwareBatcher(Options options = {});
 
   BatchPlan plan(const BatchCandidate& candidate, std::int64_t free_bytes) const;
   void record(const BatchOutcome& outcome);

@@ -9,10 +9,8 @@
 /// loader, the validator, the JSON writer and the "did you mean" suggestions all walk that list,
 /// so a field is declared in exactly one place.
 
-#include <array>
 #include <cstdint>
 #include <filesystem>
-#include <limits>
 #include <map>
 #include <optional>
 #include <string>
@@ -20,190 +18,12 @@
 #include <vector>
 
 #include "apo/core/error.hpp"
+#include "apo/core/settings.hpp"
 #include "apo/core/units.hpp"
 
 namespace apo {
 
 struct MachineInfo;
-
-// ---------------------------------------------------------------------------------------------
-// Enumerations and their names
-
-/// @brief How the engine trades memory, speed and quality.
-enum class Strategy { speed_first, balanced, memory_first, quality_first };
-
-/// @brief Weight precision. `automatic` ("auto") lets the engine choose from the memory it has.
-enum class Precision { fp32, fp16, bf16, fp8_e4m3, fp8_e5m2, int8, automatic };
-
-/// @brief Bytes one weight element takes in `precision` (fp32 4, fp16 and bf16 2, fp8 and int8
-/// 1): how frugal two precisions are. 0 for "auto", which is chosen later to fit.
-constexpr int bytes_per_element(Precision precision) noexcept {
-  switch (precision) {
-    case Precision::fp32:
-      return 4;
-    case Precision::fp16:
-    case Precision::bf16:
-      return 2;
-    case Precision::fp8_e4m3:
-    case Precision::fp8_e5m2:
-    case Precision::int8:
-      return 1;
-    case Precision::automatic:
-      return 0;
-  }
-  return 0;
-}
-
-/// @brief Samplers ("scheduler" in the guide's diffusers wording).
-enum class Sampler {
-  euler,
-  euler_ancestral,
-  heun,
-  ddim,
-  ddpm,
-  dpm_solver_multistep,
-  dpmpp_2m,
-  dpmpp_2m_sde,
-  unipc,
-  lcm,
-  flow_match_euler,
-};
-
-enum class NoiseSchedule { linear, cosine, karras, exponential };
-/// @brief How queued requests are ordered: arrival order, or priority with aging.
-enum class QueuePolicy { fifo, priority };
-/// @brief How batch sizes are chosen: a fixed size, or from memory and throughput history.
-enum class BatchPolicy { fixed, memory_aware };
-enum class BlendMode { normal, soft_light, overlay, multiply, screen };
-enum class LayerStrategy { sequential, parallel };
-
-template <class E>
-struct EnumEntry {
-  E value;
-  std::string_view name;
-};
-
-/// @brief Names of an enumeration: `noun` for messages and `entries`, where the first entry of a
-/// value is its canonical name and later ones are accepted aliases.
-template <class E>
-struct EnumTraits;
-
-template <>
-struct EnumTraits<Strategy> {
-  static constexpr std::string_view noun = "strategy";
-  static constexpr std::array<EnumEntry<Strategy>, 4> entries{{
-      {Strategy::speed_first, "speed_first"},
-      {Strategy::balanced, "balanced"},
-      {Strategy::memory_first, "memory_first"},
-      {Strategy::quality_first, "quality_first"},
-  }};
-};
-
-template <>
-struct EnumTraits<Precision> {
-  static constexpr std::string_view noun = "precision";
-  static constexpr std::array<EnumEntry<Precision>, 8> entries{{
-      {Precision::fp32, "fp32"},
-      {Precision::fp16, "fp16"},
-      {Precision::bf16, "bf16"},
-      {Precision::fp8_e4m3, "fp8_e4m3"},
-      {Precision::fp8_e5m2, "fp8_e5m2"},
-      {Precision::int8, "int8"},
-      {Precision::automatic, "auto"},
-      {Precision::fp8_e4m3, "fp8"},  // the guide's "fp8": E4M3 is the weight format
-  }};
-};
-
-template <>
-struct EnumTraits<Sampler> {
-  static constexpr std::string_view noun = "scheduler";
-  static constexpr std::array<EnumEntry<Sampler>, 11> entries{{
-      {Sampler::euler, "euler"},
-      {Sampler::euler_ancestral, "euler_ancestral"},
-      {Sampler::heun, "heun"},
-      {Sampler::ddim, "ddim"},
-      {Sampler::ddpm, "ddpm"},
-      {Sampler::dpm_solver_multistep, "dpm_solver_multistep"},
-      {Sampler::dpmpp_2m, "dpmpp_2m"},
-      {Sampler::dpmpp_2m_sde, "dpmpp_2m_sde"},
-      {Sampler::unipc, "unipc"},
-      {Sampler::lcm, "lcm"},
-      {Sampler::flow_match_euler, "flow_match_euler"},
-  }};
-};
-
-template <>
-struct EnumTraits<NoiseSchedule> {
-  static constexpr std::string_view noun = "noise schedule";
-  static constexpr std::array<EnumEntry<NoiseSchedule>, 4> entries{{
-      {NoiseSchedule::linear, "linear"},
-      {NoiseSchedule::cosine, "cosine"},
-      {NoiseSchedule::karras, "karras"},
-      {NoiseSchedule::exponential, "exponential"},
-  }};
-};
-
-template <>
-struct EnumTraits<BlendMode> {
-  static constexpr std::string_view noun = "blend mode";
-  static constexpr std::array<EnumEntry<BlendMode>, 5> entries{{
-      {BlendMode::normal, "normal"},
-      {BlendMode::soft_light, "soft_light"},
-      {BlendMode::overlay, "overlay"},
-      {BlendMode::multiply, "multiply"},
-      {BlendMode::screen, "screen"},
-  }};
-};
-
-template <>
-struct EnumTraits<LayerStrategy> {
-  static constexpr std::string_view noun = "layer strategy";
-  static constexpr std::array<EnumEntry<LayerStrategy>, 2> entries{{
-      {LayerStrategy::sequential, "sequential"},
-      {LayerStrategy::parallel, "parallel"},
-  }};
-};
-
-template <>
-struct EnumTraits<QueuePolicy> {
-  static constexpr std::string_view noun = "queue policy";
-  static constexpr std::array<EnumEntry<QueuePolicy>, 2> entries{{
-      {QueuePolicy::fifo, "fifo"},
-      {QueuePolicy::priority, "priority"},
-  }};
-};
-
-template <>
-struct EnumTraits<BatchPolicy> {
-  static constexpr std::string_view noun = "batch policy";
-  static constexpr std::array<EnumEntry<BatchPolicy>, 2> entries{{
-      {BatchPolicy::fixed, "fixed"},
-      {BatchPolicy::memory_aware, "memory_aware"},
-  }};
-};
-
-template <class E>
-concept NamedEnum = requires {
-  EnumTraits<E>::entries;
-};
-
-/// @brief The canonical name of an enumerator ("fp8_e4m3").
-template <NamedEnum E>
-constexpr std::string_view to_string(E value) noexcept {
-  for (const auto& entry : EnumTraits<E>::entries) {
-    if (entry.value == value) return entry.name;
-  }
-  return "?";
-}
-
-/// @brief The enumerator with this name or alias, if any.
-template <NamedEnum E>
-constexpr std::optional<E> parse_enum(std::string_view name) noexcept {
-  for (const auto& entry : EnumTraits<E>::entries) {
-    if (entry.name == name) return entry.value;
-  }
-  return std::nullopt;
-}
 
 // ---------------------------------------------------------------------------------------------
 // Field vocabulary
@@ -226,21 +46,10 @@ class Auto {
   std::optional<T> value_;
 };
 
-/// @brief Inclusive bounds on a number (the minimum may be exclusive).
-struct Range {
-  double min = -std::numeric_limits<double>::infinity();
-  double max = std::numeric_limits<double>::infinity();
-  bool min_exclusive = false;
-};
-
-inline constexpr Range kPositive{0.0, std::numeric_limits<double>::infinity(), true};
-inline constexpr Range kFraction{0.0, 1.0, true};  ///< (0, 1]
-inline constexpr Range kUnitInterval{0.0, 1.0};    ///< [0, 1]
-inline constexpr Range kSteps{1.0, 1000.0};
-inline constexpr Range kGuidance{0.0, 50.0};
-
 /// @brief A string that must not be empty.
 struct NonEmpty {};
+/// @brief A list of regular expressions (ECMAScript), each checked to compile.
+struct RegexList {};
 
 // ---------------------------------------------------------------------------------------------
 // Blocks
@@ -260,6 +69,9 @@ struct PerformanceOptimization {
   bool parallel_execution = false;
   /// Dynamic precision choice keeps weights within this share of the memory (the guide: 80%).
   double quantization_memory_fraction = 0.8;
+  /// Weights whose names match one of these regular expressions stay in their source precision,
+  /// besides those apo always keeps (biases, norms, embeddings, input and output projections).
+  std::vector<std::string> keep_full_precision;
 
   template <class Self, class V>
   static void fields(Self& s, V& v) {
@@ -271,6 +83,7 @@ struct PerformanceOptimization {
     v.field("max_batch_size", s.max_batch_size, Range{1, 64});
     v.field("parallel_execution", s.parallel_execution);
     v.field("quantization_memory_fraction", s.quantization_memory_fraction, kFraction);
+    v.field("keep_full_precision", s.keep_full_precision, RegexList{});
   }
   friend bool operator==(const PerformanceOptimization&, const PerformanceOptimization&) = default;
 };
@@ -621,6 +434,18 @@ struct LoadedConfig {
   const SourceLocation* origin(std::string_view key_path) const;
 };
 
+/// @brief Named configuration layers that ConfigLoader::preset applies by name. apo's own (the
+/// guide's hardware presets, profiles and workflow presets) are tune::preset_catalog(): core
+/// knows only this interface, so it never depends on tune.
+class PresetCatalog {
+ public:
+  virtual ~PresetCatalog() = default;
+  /// @brief The layer's JSON, or nullopt for a name the catalog does not hold.
+  virtual std::optional<std::string_view> find(std::string_view name) const = 0;
+  /// @brief Every name the catalog holds, for messages.
+  virtual std::vector<std::string_view> names() const = 0;
+};
+
 /// @brief Builds a configuration from layers, applied in this order whatever the call order:
 /// built-in defaults, presets (tune/presets.hpp), files and texts, then explicit overrides. Each
 /// layer only changes the keys it names. Every layer is validated on its own, so each problem
@@ -631,6 +456,12 @@ struct LoadedConfig {
 /// memory_optimization's attention slicing keys (see docs/config.md).
 class ConfigLoader {
  public:
+  /// @brief A loader without presets: preset() then reports every name as unknown.
+  ConfigLoader() = default;
+  /// @brief A loader whose preset() looks names up in `presets`, which must outlive it
+  /// (tune::config_loader() gives one over apo's presets).
+  explicit ConfigLoader(const PresetCatalog& presets) : presets_(&presets) {}
+
   /// @brief Adds a preset layer by name (a hardware preset, profile or workflow preset).
   ConfigLoader& preset(std::string name);
   /// @brief Adds a preset layer given as JSON (the automatic preset for a machine, say); preset
@@ -655,6 +486,7 @@ class ConfigLoader {
     std::string source_name;
   };
   std::vector<Layer> layers_;
+  const PresetCatalog* presets_ = nullptr;
   const MachineInfo* machine_ = nullptr;
 };
 

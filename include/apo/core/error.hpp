@@ -3,12 +3,15 @@
 /// @file
 /// @brief apo::Error, the one exception type apo throws, and its codes.
 
+#include <array>
 #include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
 
 #include <fmt/format.h>
+
+#include "apo/core/enum_names.hpp"
 
 namespace apo {
 
@@ -27,34 +30,23 @@ enum class ErrorCode : int {
   Internal = 11,        ///< a bug in apo
 };
 
-/// @brief The code's name as written in this header ("InvalidConfig").
-constexpr std::string_view to_string(ErrorCode code) noexcept {
-  switch (code) {
-    case ErrorCode::InvalidArgument:
-      return "InvalidArgument";
-    case ErrorCode::InvalidConfig:
-      return "InvalidConfig";
-    case ErrorCode::NotFound:
-      return "NotFound";
-    case ErrorCode::Io:
-      return "Io";
-    case ErrorCode::Corrupt:
-      return "Corrupt";
-    case ErrorCode::Unsupported:
-      return "Unsupported";
-    case ErrorCode::OutOfMemory:
-      return "OutOfMemory";
-    case ErrorCode::Cancelled:
-      return "Cancelled";
-    case ErrorCode::TimedOut:
-      return "TimedOut";
-    case ErrorCode::Rejected:
-      return "Rejected";
-    case ErrorCode::Internal:
-      return "Internal";
-  }
-  return "Unknown";
-}
+template <>
+struct EnumTraits<ErrorCode> {
+  static constexpr std::string_view noun = "error code";
+  static constexpr std::array<EnumEntry<ErrorCode>, 11> entries{{
+      {ErrorCode::InvalidArgument, "InvalidArgument"},
+      {ErrorCode::InvalidConfig, "InvalidConfig"},
+      {ErrorCode::NotFound, "NotFound"},
+      {ErrorCode::Io, "Io"},
+      {ErrorCode::Corrupt, "Corrupt"},
+      {ErrorCode::Unsupported, "Unsupported"},
+      {ErrorCode::OutOfMemory, "OutOfMemory"},
+      {ErrorCode::Cancelled, "Cancelled"},
+      {ErrorCode::TimedOut, "TimedOut"},
+      {ErrorCode::Rejected, "Rejected"},
+      {ErrorCode::Internal, "Internal"},
+  }};
+};
 
 /// @brief A failure with a code, a message saying what is wrong, and a context saying where
 /// (a file and line, a tensor name, a request id). what() is "context: message".

@@ -30,7 +30,7 @@ class PinnedHostResource {
   void deallocate(void* ptr, std::int64_t bytes,
                   std::int64_t alignment = kDefaultAlignment) noexcept;
   /// @brief Always pinned host memory.
-  MemorySpace space() const noexcept { return {MemoryKind::pinned_host, -1}; }
+  MemorySpace space() const noexcept { return MemorySpace::pinned_host(); }
 };
 
 static_assert(MemoryResource<PinnedHostResource>);
@@ -63,7 +63,7 @@ class CudaDeviceResource {
   void deallocate(void* ptr, std::int64_t bytes,
                   std::int64_t alignment = kDefaultAlignment) noexcept;
   /// @brief Device memory of options().device.
-  MemorySpace space() const noexcept { return {MemoryKind::device, options_.device}; }
+  MemorySpace space() const noexcept { return {MemoryKind::device, Device::cuda(options_.device)}; }
 
   /// @brief Whether allocations use cudaMallocAsync (the device supports memory pools).
   bool stream_ordered() const noexcept { return stream_ordered_; }

@@ -36,7 +36,7 @@ class HostResource {
   }
 
   /// @brief Always host memory.
-  MemorySpace space() const noexcept { return {MemoryKind::host, -1}; }
+  MemorySpace space() const noexcept { return MemorySpace::host(); }
 
  private:
   // Always the aligned form, so that allocate and deallocate agree whatever the alignment.

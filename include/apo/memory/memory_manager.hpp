@@ -7,7 +7,6 @@
 
 #include <chrono>
 #include <concepts>
-#include <condition_variable>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -17,8 +16,11 @@
 #include <vector>
 
 #include "apo/core/clock.hpp"
-#include "apo/core/config.hpp"
 #include "apo/core/error.hpp"
+
+namespace apo {
+struct Config;
+}  // namespace apo
 
 namespace apo::memory {
 
@@ -50,16 +52,22 @@ concept ReleasablePool = requires(P& pool, const P& const_pool) {
 
 /// @brief Settings of a MemoryManager.
 struct MemoryManagerOptions {
-  /// Period of the full pass (memory_optimization.cleanup_interval_s; the guide: 60 s).
-  std::chrono::nanoseconds cleanup_interval = std::chrono::seconds{60};
-  /// Periodic passes release every watched pool, not only those above their high-water mark,
-  /// and tell hooks to free all they can (memory_optimization.aggressive_cleanup).
-  bool aggressive = false;
-  /// How often the thread compares watched pools with their high-water marks.
-  std::chrono::nanoseconds high_water_check_interval = std::chrono::seconds{1};
-
+  /// @brief The defaults of Config{} (the configuration schema is their one source).
+  MemoryManagerOptions();
   /// @brief The settings from a configuration's memory_optimization block.
   static MemoryManagerOptions from_config(const Config& config);
+
+  /// Period of the full pass (memory_optimization.cleanup_interval_s; the guide: 60 s).
+  std::chrono::nanoseconds cleanup_interval;
+  /// Periodic passes release every watched pool, not only those above their high-water mark,
+  /// and tell hooks to free all they can (memory_optimization.aggressive_cleanup).
+  bool aggressive;
+  /// How often the thread compares watched pools with their high-water marks (at most the
+  /// cleanup interval).
+  std::chrono::nanoseconds high_water_check_interval = std::chrono::seconds{1};
+
+ private:
+  explicit MemoryManagerOptions(const Config& config);
 };
 
 /// @brief The outcome of one pass.
@@ -116,7 +124,8 @@ class CleanupRegistration {
 /// - when a watched pool's reservation passes its high-water mark (checked every
 ///   high_water_check_interval): that pool releases its cache;
 /// - on request (cleanup_now, request_cleanup): every pool releases, every hook runs.
-/// Time comes from the injected clock, so tests drive it with a FakeClock and poll() or wake().
+/// Time comes from the injected clock and the thread sleeps on it (ClockCondition): with a
+/// FakeClock, advancing the clock wakes the thread, which then runs what came due.
 /// The thread starts with start() and stops with stop() or the destructor, which wake it and
 /// join it at once, whatever the interval. Passes never overlap; a hook that throws is recorded
 /// and skipped, never fatal. Thread-safe.
@@ -160,7 +169,7 @@ class MemoryManager {
   CleanupReport cleanup_now(CleanupReason reason = CleanupReason::requested);
   /// @brief Asks the thread for a requested pass and returns at once.
   void request_cleanup();
-  /// @brief Makes the thread look at the clock and the pools now (after a FakeClock moved).
+  /// @brief Makes the thread look at the pools now, before the next high-water check is due.
   void wake();
   /// @brief Runs the pass that is due, if any: periodic when the interval has passed on the
   /// clock, high_water when a watched pool is above its mark, requested when one was asked for.
@@ -182,7 +191,7 @@ class MemoryManager {
 
   std::mutex pass_mutex_;  // one pass at a time
   mutable std::mutex state_mutex_;
-  std::condition_variable wake_;
+  ClockCondition wake_{clock_, state_mutex_};
   bool stop_requested_ = false;
   bool woken_ = false;
   bool cleanup_requested_ = false;

@@ -14,6 +14,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "apo/core/device.hpp"
 #include "apo/core/error.hpp"
 #include "apo/core/units.hpp"
 
@@ -36,13 +37,24 @@ enum class MemoryKind : std::uint8_t {
   device,       ///< memory of one CUDA device
 };
 
-/// @brief A resource's memory kind and, for device memory, the device index.
+/// @brief A resource's memory kind and the device that memory belongs to: the CUDA device for
+/// device memory, the CPU for host and pinned host memory.
 struct MemorySpace {
   MemoryKind kind = MemoryKind::host;
-  int device = -1;  ///< the CUDA device for MemoryKind::device, otherwise -1
+  Device device = Device::cpu();
+
+  static constexpr MemorySpace host() noexcept { return {MemoryKind::host, Device::cpu()}; }
+  static constexpr MemorySpace pinned_host() noexcept {
+    return {MemoryKind::pinned_host, Device::cpu()};
+  }
+  static constexpr MemorySpace of_device(Device device) noexcept {
+    return {device.is_cpu() ? MemoryKind::host : MemoryKind::device, device};
+  }
 
   friend constexpr bool operator==(const MemorySpace&, const MemorySpace&) = default;
 };
+
+using apo::to_string;
 
 /// @brief "host", "pinned host", "cuda:1".
 inline std::string to_string(const MemorySpace& space) {
@@ -52,7 +64,7 @@ inline std::string to_string(const MemorySpace& space) {
     case MemoryKind::pinned_host:
       return "pinned host";
     case MemoryKind::device:
-      return fmt::format("cuda:{}", space.device);
+      return space.device.str();
   }
   return "unknown";
 }

@@ -8,10 +8,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <optional>
 
 #include <ATen/core/Tensor.h>
 #include <c10/core/Allocator.h>
 
+#include "apo/core/device.hpp"
 #include "apo/memory/memory_manager.hpp"
 #include "apo/memory/resource.hpp"
 
@@ -65,10 +67,16 @@ class CpuAllocationScope {
   PoolAllocator* previous_;
 };
 
-/// @brief A hook for MemoryManager that empties torch's device caching allocator (the guide's
-/// torch.cuda.empty_cache()) in aggressive and requested passes, and reports the bytes it gave
-/// back. Does nothing (returns 0) where torch has no accelerator. Needs libtorch 2.9 or newer;
-/// throws Unsupported when built against an older one.
+/// @brief Bytes torch's caching allocator holds (reserves) on a CUDA device: what apo's ledger
+/// reconciles with. nullopt for the CPU, without an accelerator, or with libtorch before 2.9.
+std::optional<std::int64_t> torch_reserved_bytes(Device device);
+
+/// @brief Empties torch's device caching allocator (the guide's torch.cuda.empty_cache()) and
+/// returns the bytes it gave back; 0 where torch has no accelerator (or is older than 2.9).
+std::int64_t release_torch_device_cache();
+
+/// @brief A hook for MemoryManager that runs release_torch_device_cache() in aggressive and
+/// requested passes.
 CleanupHook torch_device_cache_hook();
 
 }  // namespace apo::memory

@@ -5,6 +5,7 @@
 /// multithreaded to compress) and xz (the guide's lzma advice, for comparison). Compressed files
 /// are standard .zst / .xz streams: the `zstd` and `xz` tools read them too.
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -14,14 +15,30 @@
 #include <string_view>
 #include <vector>
 
+#include "apo/core/enum_names.hpp"
+
 namespace apo::models {
 
 enum class Codec { zstd, xz };
 
-/// @brief "zstd" or "xz".
-std::string_view to_string(Codec codec) noexcept;
-/// @brief The codec of this name.
-std::optional<Codec> parse_codec(std::string_view name) noexcept;
+}  // namespace apo::models
+
+/// @brief "zstd" or "xz"; "zst" and "lzma" are accepted too.
+template <>
+struct apo::EnumTraits<apo::models::Codec> {
+  static constexpr std::string_view noun = "codec";
+  static constexpr std::array<EnumEntry<models::Codec>, 4> entries{{
+      {models::Codec::zstd, "zstd"},
+      {models::Codec::xz, "xz"},
+      {models::Codec::zstd, "zst"},
+      {models::Codec::xz, "lzma"},
+  }};
+};
+
+namespace apo::models {
+
+using apo::to_string;
+
 /// @brief The codec whose magic bytes start `first_bytes`, if any.
 std::optional<Codec> detect_codec(std::span<const std::byte> first_bytes) noexcept;
 /// @brief The usual file name suffix: ".zst" or ".xz".

@@ -12,10 +12,10 @@
 #include <unordered_map>
 #include <vector>
 
-#include <c10/core/Device.h>
-
-#include "apo/core/config.hpp"
+#include "apo/core/device.hpp"
+#include "apo/core/settings.hpp"
 #include "apo/memory/resource.hpp"
+#include "apo/models/model_ref.hpp"
 #include "apo/models/safetensors_format.hpp"
 #include "apo/quant/qtensor.hpp"
 #include "apo/quant/state_dict.hpp"
@@ -25,50 +25,6 @@ namespace apo::models {
 namespace detail {
 struct ModelMutation;  // how the model cache merges LoRAs into a resident model
 }  // namespace detail
-
-/// @brief What a model is for; decides what may be shared (the guide's SharedModelManager).
-enum class ModelKind { text_encoder, vae, diffusion, lora, other };
-
-constexpr std::string_view to_string(ModelKind kind) noexcept {
-  switch (kind) {
-    case ModelKind::text_encoder:
-      return "text_encoder";
-    case ModelKind::vae:
-      return "vae";
-    case ModelKind::diffusion:
-      return "diffusion";
-    case ModelKind::lora:
-      return "lora";
-    case ModelKind::other:
-      return "other";
-  }
-  return "?";
-}
-
-/// @brief Text encoders and VAEs serve every workflow; other kinds are shared only when the
-/// very same file, precision and device are asked for.
-constexpr bool shared_between_workflows(ModelKind kind) noexcept {
-  return kind == ModelKind::text_encoder || kind == ModelKind::vae;
-}
-
-/// @brief A request for a model.
-struct ModelRef {
-  /// The file; a relative path is found under storage_optimization.model_cache_path.
-  std::filesystem::path path;
-  ModelKind kind = ModelKind::other;
-  /// The weight precision; unset: performance_optimization.model_precision.
-  std::optional<Precision> precision;
-  /// The workflow asking, for the sharing rules.
-  std::string workflow;
-};
-
-/// @brief A LoRA to apply while a lease is held.
-struct LoraRequest {
-  std::filesystem::path path;
-  double strength = 1.0;
-
-  friend bool operator==(const LoraRequest&, const LoraRequest&) = default;
-};
 
 /// @brief Named weights on one device. Read-only to users: leases hand out const Models.
 class Model {
@@ -81,7 +37,7 @@ class Model {
   Precision precision() const noexcept { return precision_; }
   /// @brief The format the quantized weights use (none when nothing was quantized).
   quant::QuantSpec spec() const noexcept { return spec_; }
-  c10::Device device() const noexcept { return device_; }
+  Device device() const noexcept { return device_; }
   /// @brief Bytes of all weights (data and scales).
   std::int64_t bytes() const noexcept { return bytes_; }
   /// @brief Bytes of the same weights in their source dtypes.
@@ -97,7 +53,7 @@ class Model {
 
   /// @brief A copy of the weights on `device`. Host copies come from `host_memory` when given
   /// (a pool, pinned where CUDA is present, so copies reuse memory and move at full speed).
-  Model to(c10::Device device, const memory::AnyResource* host_memory = nullptr) const;
+  Model to(Device device, const memory::AnyResource* host_memory = nullptr) const;
 
  private:
   friend struct detail::ModelMutation;
@@ -108,7 +64,7 @@ class Model {
   ModelKind kind_;
   Precision precision_;
   quant::QuantSpec spec_;
-  c10::Device device_{c10::kCPU};
+  Device device_ = Device::cpu();
   std::int64_t bytes_ = 0;
   std::int64_t original_bytes_ = 0;
   std::vector<quant::QTensor> weights_;

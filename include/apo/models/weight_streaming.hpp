@@ -4,8 +4,9 @@
 /// @brief Weight streaming for models larger than the device budget (ComfyUI's "lowvram",
 /// diffusers' group offloading). The planner decides which blocks of weights stay on the device
 /// and which stream in on every pass, in what order; the streamer carries it out: host copies
-/// made once (pinned on CUDA), the next blocks prefetched on a side stream into a ring of device
-/// slots, and the compute stream waiting on an event rather than the host synchronizing.
+/// made once (pinned on CUDA, from the host pool), the next blocks prefetched on a side stream into
+/// a ring of device slots, and the compute stream waiting on an event rather than the host
+/// synchronizing.
 
 #include <cstdint>
 #include <map>
@@ -16,7 +17,9 @@
 #include <vector>
 
 #include <ATen/core/Tensor.h>
-#include <c10/core/Device.h>
+
+#include "apo/core/device.hpp"
+#include "apo/memory/resource.hpp"
 
 namespace apo::models {
 
@@ -65,15 +68,24 @@ struct StreamingStats {
   std::int64_t demand_copies = 0;    ///< enters that had to start their own copy
 };
 
+/// @brief Where a streamer's buffers come from: device memory for the slots and the resident
+/// blocks, host memory for the staging copies that every pass reads (pinned on CUDA, so copies
+/// run asynchronously). The model cache passes the device's ledger (as staging) and its host
+/// pool.
+struct StreamingMemory {
+  memory::AnyResource device;
+  memory::AnyResource host;
+
+  /// @brief Plain resources for `device`: host memory twice on the CPU; device memory and a
+  /// caching pool of pinned memory on CUDA (Unsupported without CUDA).
+  static StreamingMemory plain(Device device);
+};
+
 /// @brief Moves copies and events for a streamer; one per device kind. Internal interface,
 /// public so tests can watch the order of operations.
 class TransferBackend {
  public:
   virtual ~TransferBackend() = default;
-  /// Device memory of a slot (or of a resident block's home), `bytes` long.
-  virtual void* allocate(std::int64_t bytes) = 0;
-  /// A host copy of the data that later copies read from (pinned on CUDA), made once.
-  virtual void* host_staging(std::int64_t bytes) = 0;
   /// Starts copying host bytes to device memory on the side stream, after `wait_for_slot`'s
   /// last use (if any) has finished.
   virtual void copy(void* device, const void* host, std::int64_t bytes, int wait_for_slot) = 0;
@@ -83,8 +95,10 @@ class TransferBackend {
   virtual void compute_waits(int slot) = 0;
   /// Marks the compute stream's last use of `slot` so far (an event).
   virtual void slot_released(int slot) = 0;
+  /// Waits for every copy and every use recorded so far (before memory is freed).
+  virtual void synchronize() = 0;
   /// The device tensors live on.
-  virtual c10::Device device() const = 0;
+  virtual Device device() const = 0;
 };
 
 /// @brief Carries out a plan for one model on one device.
@@ -95,16 +109,19 @@ class TransferBackend {
 class WeightStreamer {
  public:
   /// @param host_weights every weight of `blocks`, as CPU tensors
+  /// @param memory where the slots, resident blocks and staging copies come from
   /// @param compute_stream the CUDA stream that runs the model (a cudaStream_t; 0: the default
   ///   stream); ignored on the CPU
-  /// @throws apo::Error InvalidArgument (a weight missing or not on the CPU), OutOfMemory
+  /// @throws apo::Error InvalidArgument (a weight missing or not on the CPU), OutOfMemory (from
+  ///   the resources)
   WeightStreamer(const std::map<std::string, at::Tensor>& host_weights,
-                 std::vector<WeightBlock> blocks, StreamingPlan plan, c10::Device device,
-                 std::uintptr_t compute_stream = 0, int prefetch_depth = 1);
+                 std::vector<WeightBlock> blocks, StreamingPlan plan, Device device,
+                 StreamingMemory memory, std::uintptr_t compute_stream = 0, int prefetch_depth = 1);
   /// @brief The same over a given backend (tests use a recording one).
   WeightStreamer(const std::map<std::string, at::Tensor>& host_weights,
                  std::vector<WeightBlock> blocks, StreamingPlan plan,
-                 std::unique_ptr<TransferBackend> backend, int prefetch_depth = 1);
+                 std::unique_ptr<TransferBackend> backend, StreamingMemory memory,
+                 int prefetch_depth = 1);
   ~WeightStreamer();
   WeightStreamer(const WeightStreamer&) = delete;
   WeightStreamer& operator=(const WeightStreamer&) = delete;
@@ -123,9 +140,14 @@ class WeightStreamer {
  private:
   struct Staged;
   void start_copy(std::size_t position);
+  void* allocate(memory::AnyResource& resource, std::int64_t bytes);
 
   std::vector<WeightBlock> blocks_;
   StreamingPlan plan_;
+  StreamingMemory memory_;
+  // Each frees its block into its resource. Declared before backend_, so that they are freed
+  // after it synchronized, also when the constructor throws.
+  std::vector<std::shared_ptr<void>> allocations_;
   std::unique_ptr<TransferBackend> backend_;
   int prefetch_depth_;
   std::vector<std::unique_ptr<Staged>> staged_;  // per block
@@ -138,7 +160,7 @@ class WeightStreamer {
 
 /// @brief The backend for a device: host memcpy for the CPU, a side stream and events for CUDA.
 /// @throws apo::Error Unsupported for CUDA when apo was built without it
-std::unique_ptr<TransferBackend> make_transfer_backend(c10::Device device,
+std::unique_ptr<TransferBackend> make_transfer_backend(Device device,
                                                        std::uintptr_t compute_stream);
 
 }  // namespace apo::models

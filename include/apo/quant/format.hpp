@@ -4,12 +4,14 @@
 /// @brief Weight formats and scalings: what each format stores, its largest finite value, its
 /// real size per element and the error bound every quantizer of it keeps.
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <string>
 #include <string_view>
 
-#include "apo/core/config.hpp"
+#include "apo/core/enum_names.hpp"
+#include "apo/core/settings.hpp"
 
 namespace apo::quant {
 
@@ -36,7 +38,6 @@ struct QuantSpec {
 /// is half an ulp of the format's normal range; absolute_error is half its smallest step
 /// (subnormal spacing, or one integer step for int8).
 struct FormatTraits {
-  std::string_view name;
   int element_bytes;     ///< bytes per stored element; 0 for none (the source dtype's size)
   float max_value;       ///< largest finite magnitude stored; 0 for none (the source's)
   float relative_error;  ///< see above
@@ -49,19 +50,19 @@ struct FormatTraits {
 constexpr FormatTraits traits(QFormat format) noexcept {
   switch (format) {
     case QFormat::none:
-      return {"none", 0, 0.0f, 0.0f, 0.0f, false};
+      return {0, 0.0f, 0.0f, 0.0f, false};
     case QFormat::fp16:
-      return {"fp16", 2, 65504.0f, 0x1p-11f, 0x1p-25f, false};
+      return {2, 65504.0f, 0x1p-11f, 0x1p-25f, false};
     case QFormat::bf16:
-      return {"bf16", 2, 0x1.fep127f, 0x1p-8f, 0x1p-134f, false};
+      return {2, 0x1.fep127f, 0x1p-8f, 0x1p-134f, false};
     case QFormat::fp8_e4m3:
-      return {"fp8_e4m3", 1, 448.0f, 0x1p-4f, 0x1p-10f, true};
+      return {1, 448.0f, 0x1p-4f, 0x1p-10f, true};
     case QFormat::fp8_e5m2:
-      return {"fp8_e5m2", 1, 57344.0f, 0x1p-3f, 0x1p-17f, true};
+      return {1, 57344.0f, 0x1p-3f, 0x1p-17f, true};
     case QFormat::int8:
-      return {"int8", 1, 127.0f, 0.0f, 0.5f, true};
+      return {1, 127.0f, 0.0f, 0.5f, true};
   }
-  return {"unknown", 0, 0.0f, 0.0f, 0.0f, false};
+  return {0, 0.0f, 0.0f, 0.0f, false};
 }
 
 /// @brief Scales use amax clamped to [kAmaxFloor, kAmaxCeiling]. The floor gives an all-zero row
@@ -71,47 +72,45 @@ constexpr FormatTraits traits(QFormat format) noexcept {
 inline constexpr float kAmaxFloor = 1e-12f;
 inline constexpr float kAmaxCeiling = 0x1.fffp127f;
 
-/// @brief The format's name ("fp8_e4m3").
-constexpr std::string_view to_string(QFormat format) noexcept {
-  return traits(format).name;
-}
+}  // namespace apo::quant
 
-/// @brief The scaling's name ("per_row").
-constexpr std::string_view to_string(Scaling scaling) noexcept {
-  switch (scaling) {
-    case Scaling::none:
-      return "none";
-    case Scaling::per_tensor:
-      return "per_tensor";
-    case Scaling::per_row:
-      return "per_row";
-  }
-  return "unknown";
-}
+namespace apo {
+
+template <>
+struct EnumTraits<quant::QFormat> {
+  static constexpr std::string_view noun = "weight format";
+  static constexpr std::array<EnumEntry<quant::QFormat>, 7> entries{{
+      {quant::QFormat::none, "none"},
+      {quant::QFormat::fp16, "fp16"},
+      {quant::QFormat::bf16, "bf16"},
+      {quant::QFormat::fp8_e4m3, "fp8_e4m3"},
+      {quant::QFormat::fp8_e5m2, "fp8_e5m2"},
+      {quant::QFormat::int8, "int8"},
+      {quant::QFormat::fp8_e4m3, "fp8"},  // "fp8" means E4M3, the weight format
+  }};
+};
+
+template <>
+struct EnumTraits<quant::Scaling> {
+  static constexpr std::string_view noun = "scaling";
+  static constexpr std::array<EnumEntry<quant::Scaling>, 3> entries{{
+      {quant::Scaling::none, "none"},
+      {quant::Scaling::per_tensor, "per_tensor"},
+      {quant::Scaling::per_row, "per_row"},
+  }};
+};
+
+}  // namespace apo
+
+namespace apo::quant {
+
+using apo::to_string;
 
 /// @brief "fp8_e4m3 per_row"; just the format's name for unscaled formats.
 inline std::string to_string(QuantSpec spec) {
   std::string text(to_string(spec.format));
   if (spec.scaling != Scaling::none) text.append(" ").append(to_string(spec.scaling));
   return text;
-}
-
-/// @brief Parses a format name; "fp8" means fp8_e4m3, the weight format. Empty if unknown.
-constexpr std::optional<QFormat> parse_format(std::string_view name) noexcept {
-  for (QFormat f : {QFormat::none, QFormat::fp16, QFormat::bf16, QFormat::fp8_e4m3,
-                    QFormat::fp8_e5m2, QFormat::int8}) {
-    if (traits(f).name == name) return f;
-  }
-  if (name == "fp8") return QFormat::fp8_e4m3;
-  return std::nullopt;
-}
-
-/// @brief Parses a scaling name. Empty if unknown.
-constexpr std::optional<Scaling> parse_scaling(std::string_view name) noexcept {
-  for (Scaling s : {Scaling::none, Scaling::per_tensor, Scaling::per_row}) {
-    if (to_string(s) == name) return s;
-  }
-  return std::nullopt;
 }
 
 /// @brief The format a configured precision stores weights in; fp32 keeps the source (none).
@@ -134,6 +133,25 @@ constexpr std::optional<QFormat> format_of(Precision precision) noexcept {
       return std::nullopt;
   }
   return std::nullopt;
+}
+
+/// @brief The configured precision that stores weights in `format` (none: fp32, kept as stored).
+constexpr Precision precision_of(QFormat format) noexcept {
+  switch (format) {
+    case QFormat::none:
+      return Precision::fp32;
+    case QFormat::fp16:
+      return Precision::fp16;
+    case QFormat::bf16:
+      return Precision::bf16;
+    case QFormat::fp8_e4m3:
+      return Precision::fp8_e4m3;
+    case QFormat::fp8_e5m2:
+      return Precision::fp8_e5m2;
+    case QFormat::int8:
+      return Precision::int8;
+  }
+  return Precision::fp32;
 }
 
 }  // namespace apo::quant

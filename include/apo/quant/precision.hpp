@@ -15,9 +15,13 @@
 #include <string>
 #include <vector>
 
-#include "apo/core/config.hpp"
+#include "apo/core/settings.hpp"
 #include "apo/quant/format.hpp"
 #include "apo/quant/state_dict.hpp"
+
+namespace apo {
+struct Config;
+}  // namespace apo
 
 namespace apo::quant {
 
@@ -105,10 +109,24 @@ struct PrecisionRequest {
 PrecisionChoice choose_precision(const PrecisionRequest& request,
                                  const QualityTable& quality = reference_quality());
 
-/// @brief The configured choice: model_precision if it names a format (per-row scales for fp8
-/// and int8), otherwise ("auto") choose_precision with enable_quantization and
-/// quantization_memory_fraction from the config.
-PrecisionChoice choose_precision(const PerformanceOptimization& config, const ModelFootprint& model,
+/// @brief The precision settings of a configuration (performance_optimization).
+struct PrecisionSettings {
+  /// @brief The defaults of Config{} (the configuration schema is their one source).
+  PrecisionSettings();
+  static PrecisionSettings from_config(const Config& config);
+
+  Precision precision;     ///< model_precision: a format, or "auto"
+  bool allow_8bit;         ///< enable_quantization (for "auto")
+  double memory_fraction;  ///< quantization_memory_fraction
+
+ private:
+  explicit PrecisionSettings(const Config& config);
+};
+
+/// @brief The configured choice: `settings.precision` if it names a format (per-row scales for
+/// fp8 and int8), otherwise ("auto") choose_precision with the settings' 8-bit switch and memory
+/// fraction.
+PrecisionChoice choose_precision(const PrecisionSettings& settings, const ModelFootprint& model,
                                  std::int64_t available_bytes,
                                  const QualityTable& quality = reference_quality());
 

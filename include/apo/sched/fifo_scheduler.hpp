@@ -21,14 +21,12 @@ namespace apo::sched {
 /// O(1) apart from the id index, and a batch costs O(its size). Thread-safe (see Scheduler).
 class FifoScheduler : public detail::SchedulerCore<FifoScheduler> {
  public:
+  using Options = SchedulerOptions;
+
   /// @brief A scheduler reading time from `clock`, which must outlive it. Throws
   /// Error(InvalidArgument) for options out of range.
   explicit FifoScheduler(const Clock& clock, SchedulerOptions options = {})
       : SchedulerCore(clock, std::move(options)) {}
-
-  static FifoScheduler from_config(const Clock& clock, const Config& config) {
-    return FifoScheduler(clock, SchedulerOptions::from_config(config));
-  }
 
  private:
   friend class detail::SchedulerCore<FifoScheduler>;

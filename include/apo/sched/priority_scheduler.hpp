@@ -41,6 +41,8 @@ namespace apo::sched {
 /// and each request taken cost O(log n). Thread-safe (see Scheduler).
 class PriorityScheduler : public detail::SchedulerCore<PriorityScheduler> {
  public:
+  using Options = SchedulerOptions;
+
   /// @brief A scheduler reading time from `clock`, which must outlive it. Throws
   /// Error(InvalidArgument) for options out of range.
   explicit PriorityScheduler(const Clock& clock, SchedulerOptions options = {})
@@ -49,10 +51,6 @@ class PriorityScheduler : public detail::SchedulerCore<PriorityScheduler> {
                            ? options_.aging_bound.count() /
                                  static_cast<std::int64_t>(options_.priority_levels - 1)
                            : 0) {}
-
-  static PriorityScheduler from_config(const Clock& clock, const Config& config) {
-    return PriorityScheduler(clock, SchedulerOptions::from_config(config));
-  }
 
   /// @brief The wait worth one priority level (aging_bound / (priority_levels − 1)).
   Clock::duration level_step() const noexcept { return Clock::duration(level_step_ns_); }

@@ -24,6 +24,7 @@
 #include "apo/batch/batch.hpp"
 #include "apo/core/clock.hpp"
 #include "apo/core/error.hpp"
+#include "apo/sched/dispatcher.hpp"
 #include "apo/sched/placement.hpp"
 #include "apo/sched/scheduler.hpp"
 
@@ -55,7 +56,7 @@ std::span<const WorkflowProfile> guide_workflows();
 const WorkflowProfile* find_workflow(std::string_view name);
 
 /// @brief Sampling steps of a quality level, from the guide's profiles (15, 30, 75).
-int steps_for(engine::QualityLevel quality);
+int steps_for(QualityLevel quality);
 
 /// @brief A batch's service time under the guide profiles: service_s × steps ÷ 30 ×
 /// (1 + batch_cost × (size − 1)). Throws Error(InvalidArgument) for a workflow not in
@@ -101,7 +102,7 @@ std::vector<TraceEvent> make_trace(const TraceOptions& options);
 
 /// @brief Devices, placement and service times of a simulation.
 struct SimulationOptions {
-  std::vector<DeviceSpec> devices{{"cuda:0", 20 * GiB}};
+  std::vector<DeviceSpec> devices{{Device::cuda(0), 20 * GiB}};
   PlacementOptions placement;
   /// Service time of a batch on a device; unset: guide_service_time.
   std::function<Clock::duration(const Batch&, std::size_t device)> service_time;
@@ -191,21 +192,23 @@ class SimulationLedger {
 }  // namespace detail
 
 /// @brief Replays `trace` through the scheduler that `make_scheduler(const Clock&)` builds on
-/// the simulator's FakeClock and through `batcher`, on `options.devices`.
+/// the simulator's FakeClock and through `batcher`, on `options.devices`, with the engine's
+/// Dispatcher.
 ///
 /// Each step moves the clock to the next event (an arrival or cancel, a batch's end, a
-/// request deadline, a batcher's fill deadline), then: ends the batches due (reporting them
-/// to the batcher), applies the trace's events due (a submit is first admitted by placement:
-/// a request no device can hold is rejected), and dispatches batches while a device has room.
-/// A device's worker starts a placed batch at once. Deterministic: the same inputs give the same
-/// report. Single-threaded; separate simulations may run on separate threads.
+/// request deadline, a batcher's fill deadline), then: completes the batches due, applies the
+/// trace's events due (a submit is first admitted by placement: a request no device can hold is
+/// rejected), and runs a dispatch round. A device's worker starts a placed batch at once.
+/// Deterministic: the same inputs give the same report. Single-threaded; separate simulations
+/// may run on separate threads.
 template <class MakeScheduler, batch::Batcher B>
 SimulationReport simulate(const std::vector<TraceEvent>& trace, MakeScheduler&& make_scheduler,
                           B& batcher, const SimulationOptions& options) {
   FakeClock clock;
   auto scheduler = std::forward<MakeScheduler>(make_scheduler)(static_cast<const Clock&>(clock));
   static_assert(Scheduler<decltype(scheduler)>, "make_scheduler must build a Scheduler");
-  Placement placement(options.devices, options.placement);
+  Placement placement(make_ledgers(options.devices), options.placement);
+  Dispatcher dispatcher(scheduler, batcher, placement);
   detail::SimulationLedger ledger(trace.size());
 
   struct Running {
@@ -229,8 +232,7 @@ SimulationReport simulate(const std::vector<TraceEvent>& trace, MakeScheduler&& 
     std::size_t done = 0;
     for (; done < running.size() && running[done].end <= now; ++done) {
       Running& r = running[done];
-      placement.complete(r.device, r.batch);
-      batcher.record(batch::BatchOutcome::of(r.batch, r.end - r.start));
+      dispatcher.complete(r.device, r.batch, r.end - r.start);
       ledger.finished(r.record);
     }
     running.erase(running.begin(), running.begin() + static_cast<std::ptrdiff_t>(done));
@@ -238,7 +240,7 @@ SimulationReport simulate(const std::vector<TraceEvent>& trace, MakeScheduler&& 
     for (; next_event < trace.size() && trace[next_event].at <= now; ++next_event) {
       const TraceEvent& event = trace[next_event];
       if (event.kind == TraceEvent::Kind::cancel) {
-        if (std::optional<Request> cancelled = scheduler.cancel(event.request.id)) {
+        if (std::optional<Request> cancelled = dispatcher.cancel(event.request.id)) {
           ledger.left_queue(cancelled->id, Outcome::cancelled, now);
         }
         continue;
@@ -248,29 +250,24 @@ SimulationReport simulate(const std::vector<TraceEvent>& trace, MakeScheduler&& 
       try {
         placement.admit(event.request);
         admitted = true;
-        scheduler.submit(event.request);
+        dispatcher.submit(event.request);
       } catch (const Error& error) {
         ledger.refused(record, error, !admitted);
       }
     }
 
-    std::optional<Clock::time_point> retry;
-    for (;;) {
-      DispatchResult dispatched = placement.dispatch(scheduler, batcher);
-      for (const Request& request : dispatched.timed_out) {
-        ledger.left_queue(request.id, Outcome::timed_out, now);
-      }
-      if (!dispatched.device) {
-        retry = dispatched.retry_at;
-        break;
-      }
-      std::optional<Batch> batch = placement.try_take(*dispatched.device);
+    DispatchRound round = dispatcher.dispatch();
+    for (const Request& request : round.timed_out) {
+      ledger.left_queue(request.id, Outcome::timed_out, now);
+    }
+    for (const Placed& placed : round.placed) {
+      std::optional<Batch> batch = placement.try_take(placed.device);
       const Clock::duration service =
           std::max(Clock::duration::zero(), options.service_time
-                                                ? options.service_time(*batch, *dispatched.device)
+                                                ? options.service_time(*batch, placed.device)
                                                 : guide_service_time(*batch));
-      const std::size_t record = ledger.started(*batch, *dispatched.device, now, now + service);
-      running.push_back({now, now + service, *dispatched.device, record, std::move(*batch)});
+      const std::size_t record = ledger.started(*batch, placed.device, now, now + service);
+      running.push_back({now, now + service, placed.device, record, std::move(*batch)});
     }
 
     std::optional<Clock::time_point> next;
@@ -278,11 +275,8 @@ SimulationReport simulate(const std::vector<TraceEvent>& trace, MakeScheduler&& 
       if (time && *time >= now && (!next || *time < *next)) next = time;
     };
     if (next_event < trace.size()) consider(trace[next_event].at);
-    for (const Running& r : running) consider(r.end);
-    if (retry && *retry > now) consider(retry);
-    if (const auto deadline = scheduler.next_deadline(); deadline && *deadline > now) {
-      consider(deadline);
-    }
+    for (const Running& r : running) consider(r.end);  // a batch of no time ends at once
+    if (round.wake_at && *round.wake_at > now) consider(round.wake_at);
     if (!next) break;
     if (options.horizon && *next - origin > *options.horizon) break;
     clock.advance(*next - now);

@@ -6,31 +6,36 @@
 /// device, and recommend(), which picks the layers for a machine. See docs/config.md for the rule
 /// and for the places where the guide's numbers were corrected.
 
+#include <array>
 #include <cstdint>
 #include <optional>
 #include <span>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include "apo/core/config.hpp"
+#include "apo/core/device.hpp"
 #include "apo/core/machine.hpp"
 
 namespace apo::tune {
 
 enum class PresetKind { hardware, profile, workflow };
 
-constexpr std::string_view to_string(PresetKind kind) noexcept {
-  switch (kind) {
-    case PresetKind::hardware:
-      return "hardware";
-    case PresetKind::profile:
-      return "profile";
-    case PresetKind::workflow:
-      return "workflow";
-  }
-  return "?";
-}
+}  // namespace apo::tune
+
+template <>
+struct apo::EnumTraits<apo::tune::PresetKind> {
+  static constexpr std::string_view noun = "preset kind";
+  static constexpr std::array<EnumEntry<tune::PresetKind>, 3> entries{{
+      {tune::PresetKind::hardware, "hardware"},
+      {tune::PresetKind::profile, "profile"},
+      {tune::PresetKind::workflow, "workflow"},
+  }};
+};
+
+namespace apo::tune {
 
 /// @brief A time range in seconds, as the guide gives expected performance.
 struct SecondsRange {
@@ -67,6 +72,14 @@ std::span<const Preset> presets();
 /// @brief The preset of this name, or nullptr.
 const Preset* find_preset(std::string_view name);
 
+/// @brief Every preset as a catalog for ConfigLoader::preset.
+const PresetCatalog& preset_catalog();
+
+/// @brief A ConfigLoader that knows apo's presets by name.
+inline ConfigLoader config_loader() {
+  return ConfigLoader(preset_catalog());
+}
+
 /// @brief Device memory apo uses by default on a CUDA device of `total_bytes`:
 /// 0.88 × total − 1.2 GiB (ComfyUI's weight budget, which gives the guide's 20 GiB on a 24 GiB
 /// card and 13 GiB on 16 GiB), rounded to the nearest 0.5 GiB, at least 0.5 GiB.
@@ -75,6 +88,24 @@ double device_memory_budget_gib(std::int64_t total_bytes);
 /// @brief Host memory apo uses by default when it runs on the CPU: 70% of RAM (the guide's
 /// "< 70% RAM" target), rounded down to 0.5 GiB.
 double host_memory_budget_gib(std::int64_t total_bytes);
+
+/// @brief The memory apo may use on a machine: a budget per compute device, and the host tier's.
+struct MemoryBudgets {
+  /// Every CUDA device (only the first unless performance_optimization.parallel_execution), each
+  /// with max_memory_usage_gb or, when "auto", device_memory_budget_gib; without CUDA devices,
+  /// the CPU with max_memory_usage_gb or host_memory_budget_gib.
+  std::vector<std::pair<Device, std::int64_t>> devices;
+  /// Host memory for models offloaded from devices: system_optimization.memory_pool_size_gb or,
+  /// when "auto", host_memory_budget_gib. When the CPU computes, its budget serves both (host
+  /// memory is one memory), and this equals it.
+  std::int64_t host_bytes = 0;
+  /// Whether the CPU computes (no CUDA device), so that host tier and device are one.
+  bool cpu_computes() const noexcept { return devices.size() == 1 && devices[0].first.is_cpu(); }
+};
+
+/// @brief The budgets of `config` on `machine`: the one rule for "auto" memory, used by the
+/// engine to make its ledgers.
+MemoryBudgets memory_budgets(const Config& config, const MachineInfo& machine);
 
 /// @brief The automatic preset for a CUDA device that no named preset matches, by memory tier
 /// and compute capability (docs/config.md has the table), as a JSON layer.

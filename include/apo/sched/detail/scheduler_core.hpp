@@ -108,9 +108,9 @@ template <class Policy>
 class SchedulerCore {
  public:
   void submit(Request request) {
-    engine::validate(request);
+    validate(request);
     policy().check(request);
-    const std::lock_guard lock(mutex_);
+    std::unique_lock lock(mutex_);
     if (store_.find(request.id)) {
       throw Error(ErrorCode::InvalidArgument,
                   fmt::format("a request with id {} is already queued", request.id),
@@ -118,6 +118,10 @@ class SchedulerCore {
     }
     const Clock::time_point now = clock_.now();
     ++stats_.submitted;
+    if (closed_) {
+      ++stats_.rejected;
+      throw Error(ErrorCode::Rejected, "the scheduler is closed", describe(request));
+    }
     if (store_.size() >= options_.max_queue_size) {
       ++stats_.rejected;
       throw Error(
@@ -137,6 +141,9 @@ class SchedulerCore {
     const std::int64_t key = policy().order_key(request);
     const std::uint32_t slot = store_.insert(std::move(request), next_seq_++, key);
     policy().link(slot);
+    changed_ = true;
+    lock.unlock();
+    wake_.notify_all();
   }
 
   template <class Planner>
@@ -162,10 +169,12 @@ class SchedulerCore {
     }
     if (!plan.takes()) {
       result.retry_at = earliest(plan.wait_until, store_.next_deadline());
+      if (plan.is_blocked()) result.blocked = MemoryBlocked{lead.id, lead.memory_estimate_bytes};
       return result;
     }
     plan.max_requests = std::min(plan.max_requests, batch::kMaxBatchSize);
     result.batch.planned_size = plan.max_requests;
+    result.batch.limit = plan.limit;
     result.batch.formed_at = now;
     policy().take(*head, plan, result.batch);
     stats_.dispatched += result.batch.size();
@@ -187,6 +196,41 @@ class SchedulerCore {
     const std::lock_guard lock(mutex_);
     expire_locked(clock_.now(), timed_out);
     return timed_out;
+  }
+
+  WaitResult wait(std::optional<Clock::time_point> until) {
+    std::unique_lock lock(mutex_);
+    wake_.wait_until(lock, until, [&] { return changed_ || close_unseen_; });
+    if (close_unseen_) {
+      close_unseen_ = false;
+      return WaitResult::closed;
+    }
+    if (!changed_) return WaitResult::timeout;
+    changed_ = false;
+    return WaitResult::changed;
+  }
+
+  void notify() {
+    {
+      const std::lock_guard lock(mutex_);
+      changed_ = true;
+    }
+    wake_.notify_all();
+  }
+
+  void close() {
+    {
+      const std::lock_guard lock(mutex_);
+      if (closed_) return;
+      closed_ = true;
+      close_unseen_ = true;
+    }
+    wake_.notify_all();
+  }
+
+  bool closed() const {
+    const std::lock_guard lock(mutex_);
+    return closed_;
   }
 
   std::size_t size() const {
@@ -247,9 +291,13 @@ class SchedulerCore {
   }
 
   mutable std::mutex mutex_;
+  ClockCondition wake_{clock_, mutex_};
   SchedulerStats stats_;
   std::uint64_t next_seq_ = 0;
   std::vector<Request> undelivered_;  ///< timed out during a pop whose planner threw
+  bool changed_ = false;              ///< a submit or notify() since the last wait
+  bool closed_ = false;
+  bool close_unseen_ = false;  ///< closed, and no wait has returned `closed` yet
 };
 
 }  // namespace apo::sched::detail

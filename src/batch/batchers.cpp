@@ -4,6 +4,8 @@
 #include <chrono>
 #include <cmath>
 
+#include "apo/batch/fixed_batcher.hpp"
+#include "apo/core/config.hpp"
 #include "apo/core/error.hpp"
 
 namespace apo::batch {
@@ -29,14 +31,26 @@ void MemoryAwareBatcherOptions::validate() const {
   }
 }
 
+MemoryAwareBatcherOptions::MemoryAwareBatcherOptions() : MemoryAwareBatcherOptions(Config{}) {}
+
+MemoryAwareBatcherOptions::MemoryAwareBatcherOptions(const Config& config)
+    : max_batch_size(static_cast<std::size_t>(config.performance.max_batch_size)),
+      max_queue_delay(std::chrono::duration_cast<Clock::duration>(
+          std::chrono::duration<double, std::milli>(config.scheduling.max_queue_delay_ms))),
+      throughput_window(static_cast<std::size_t>(config.scheduling.throughput_window)),
+      throughput_tolerance(config.scheduling.throughput_tolerance) {}
+
 MemoryAwareBatcherOptions MemoryAwareBatcherOptions::from_config(const Config& config) {
-  MemoryAwareBatcherOptions options;
-  options.max_batch_size = static_cast<std::size_t>(config.performance.max_batch_size);
-  options.max_queue_delay = std::chrono::duration_cast<Clock::duration>(
-      std::chrono::duration<double, std::milli>(config.scheduling.max_queue_delay_ms));
-  options.throughput_window = static_cast<std::size_t>(config.scheduling.throughput_window);
-  options.throughput_tolerance = config.scheduling.throughput_tolerance;
-  return options;
+  return MemoryAwareBatcherOptions(config);
+}
+
+FixedBatcherOptions::FixedBatcherOptions() : FixedBatcherOptions(Config{}) {}
+
+FixedBatcherOptions::FixedBatcherOptions(const Config& config)
+    : batch_size(static_cast<std::size_t>(config.performance.batch_size)) {}
+
+FixedBatcherOptions FixedBatcherOptions::from_config(const Config& config) {
+  return FixedBatcherOptions(config);
 }
 
 MemoryAwareBatcher::MemoryAwareBatcher(MemoryAwareBatcherOptions options)
@@ -52,6 +66,7 @@ std::size_t MemoryAwareBatcher::size_limit(GroupKeyView key) const {
 
 BatchPlan MemoryAwareBatcher::plan(const BatchCandidate& candidate, std::int64_t free_bytes) const {
   free_bytes = std::max<std::int64_t>(free_bytes, 0);
+  if (candidate.head_memory_bytes > free_bytes) return BatchPlan::blocked();
   // An unknown estimate (0) counts as one byte: the count limits alone then decide.
   const std::int64_t per_request = std::max<std::int64_t>(candidate.head_memory_bytes, 1);
   const auto by_memory = static_cast<std::uint64_t>(free_bytes / per_request);
@@ -59,10 +74,18 @@ BatchPlan MemoryAwareBatcher::plan(const BatchCandidate& candidate, std::int64_t
   const std::size_t target =
       std::clamp<std::size_t>(static_cast<std::size_t>(std::min<std::uint64_t>(by_memory, limit)),
                               1, options_.max_batch_size);
+  BatchLimit why = BatchLimit::max_batch_size;
+  if (candidate.available < target) {
+    why = BatchLimit::queued;
+  } else if (by_memory < limit && by_memory < options_.max_batch_size) {
+    why = BatchLimit::memory;
+  } else if (limit < options_.max_batch_size) {
+    why = BatchLimit::throughput;
+  }
 
   const auto fill_deadline = candidate.head_submit_time + options_.max_queue_delay;
   if (candidate.available >= target || candidate.now >= fill_deadline) {
-    return BatchPlan::take(target, free_bytes);
+    return BatchPlan::take(target, free_bytes, why);
   }
   return BatchPlan::wait(fill_deadline);
 }
