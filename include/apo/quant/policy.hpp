@@ -115,10 +115,14 @@ static_assert(QuantizationPolicy<FixedPrecision<Fp8E4M3>>);
 /// whose weights fit in `memory_fraction` of the room the device has when the model loads.
 class DynamicPrecision {
  public:
-  /// @brief `settings`' 8-bit switch and memory fraction (its precision is taken as "auto").
-  explicit DynamicPrecision(PrecisionSettings settings = {}, QuantizationRules rules = {})
-      : settings_(settings), rules_(std::move(rules)) {
+  /// @brief Chooses among every format, 8-bit ones included, within `memory_fraction` of the
+  /// room (default: performance_optimization.quantization_memory_fraction's default).
+  explicit DynamicPrecision(double memory_fraction = PrecisionSettings().memory_fraction,
+                            QuantizationRules rules = {})
+      : rules_(std::move(rules)) {
     settings_.precision = Precision::automatic;
+    settings_.allow_8bit = true;
+    settings_.memory_fraction = memory_fraction;
   }
 
   StoragePlan plan(const NamedTensors& weights, const LoadRequest& request) const {
