@@ -221,8 +221,9 @@ struct EngineCore::State final : RunControl {
     return freed;
   }
 
-  std::vector<Result> execute(std::size_t index, const batch::Batch& whole,
-                              std::span<const Request> requests, std::int64_t& reserved,
+  // Runs requests of one batch, splitting them on running out of memory; the batch's
+  // reservation in the ledger stays whole until it completes, so that halves never wait for room.
+  std::vector<Result> execute(std::size_t index, std::span<const Request> requests,
                               Clock::time_point started, bool slicing,
                               std::vector<std::string> reasons);
 };
@@ -507,7 +508,7 @@ EngineStats EngineCore::stats() const {
 // ---------------------------------------------------------------------------------------------
 // Running a batch
 
-void EngineCore::run(std::size_t device_index, batch::Batch& batch) {
+void EngineCore::run(std::size_t device_index, const batch::Batch& batch) {
   State& s = *state_;
   const Clock::time_point started = s.clock.now();
   // Requests cancelled between leaving the queue and now end here; the rest are running.
@@ -515,7 +516,7 @@ void EngineCore::run(std::size_t device_index, batch::Batch& batch) {
   std::vector<RequestId> dropped;
   {
     const std::lock_guard lock(s.mutex);
-    for (Request& request : batch.requests) {
+    for (const Request& request : batch.requests) {
       const auto found = s.book.find(request.id);
       if (found == s.book.end()) continue;
       if (found->second.cancel) {
@@ -529,7 +530,6 @@ void EngineCore::run(std::size_t device_index, batch::Batch& batch) {
   }
   for (const RequestId id : dropped)
     end(id, Status::cancelled, "cancelled before its batch started");
-  std::int64_t reserved = batch.memory_bytes;
   if (!live.empty()) {
     std::vector<std::string> reasons;
     reasons.push_back(fmt::format("device {}: placement's choice of {} device(s) ({})",
@@ -541,10 +541,9 @@ void EngineCore::run(std::size_t device_index, batch::Batch& batch) {
     reasons.push_back(
         fmt::format("attention slicing {}: attention_optimization", slicing ? "on" : "off"));
     std::vector<Result> results =
-        s.execute(device_index, batch, live, reserved, started, slicing, std::move(reasons));
+        s.execute(device_index, live, started, slicing, std::move(reasons));
     for (Result& result : results) s.deliver(std::move(result));
   }
-  batch.memory_bytes = reserved;
 }
 
 void EngineCore::reconcile(std::size_t device) {
@@ -563,10 +562,9 @@ struct Failure {
 
 }  // namespace
 
-std::vector<Result> EngineCore::State::execute(std::size_t index, const batch::Batch& whole,
-                                               std::span<const Request> requests,
-                                               std::int64_t& reserved, Clock::time_point started,
-                                               bool slicing, std::vector<std::string> reasons) {
+std::vector<Result> EngineCore::State::execute(std::size_t index, std::span<const Request> requests,
+                                               Clock::time_point started, bool slicing,
+                                               std::vector<std::string> reasons) {
   DeviceState& dev = devices[index];
   const std::shared_ptr<Workflow> workflow = workflows.find(requests.front().workflow);
   std::int64_t estimate = 0;
@@ -575,92 +573,76 @@ std::vector<Result> EngineCore::State::execute(std::size_t index, const batch::B
   std::optional<Failure> failure;
   std::vector<Result> results;
   memory::MemoryLedger::PeakWindow window = dev.ledger->open_window();
-  // The reservation follows the part of the batch that runs (halves after a split).
-  if (estimate < reserved) {
-    dev.ledger->release(LedgerUse::batches, reserved - estimate);
-    reserved = estimate;
-  } else if (estimate > reserved) {
-    if (dev.ledger->try_charge(LedgerUse::batches, estimate - reserved)) {
-      reserved = estimate;
-    } else {
-      failure = Failure{Status::out_of_memory,
-                        fmt::format("no room to reserve {} for the batch: {}",
-                                    format_bytes(estimate), dev.ledger->describe())};
+  try {
+    Context::Setup setup{.device = dev.device,
+                         .pool = dev.pool.resource,
+                         .leases = {},
+                         .stream = 0,
+                         .attention_slicing = slicing,
+                         .slice_size = config.attention.slice_size,
+                         .clock = &clock};
+    const Clock::time_point load_start = clock.now();
+    for (const ModelNeed& need : needs_of(*workflow, requests.front())) {
+      setup.leases.emplace(need.role,
+                           cache->acquire(need.ref, dev.device,
+                                          need.takes_loras ? requests.front().loras
+                                                           : std::vector<models::LoraRequest>{}));
     }
-  }
-
-  if (!failure) {
-    try {
-      Context::Setup setup{.device = dev.device,
-                           .pool = dev.pool.resource,
-                           .leases = {},
-                           .stream = 0,
-                           .attention_slicing = slicing,
-                           .slice_size = config.attention.slice_size,
-                           .clock = &clock};
-      const Clock::time_point load_start = clock.now();
-      for (const ModelNeed& need : needs_of(*workflow, requests.front())) {
-        setup.leases.emplace(need.role,
-                             cache->acquire(need.ref, dev.device,
-                                            need.takes_loras ? requests.front().loras
-                                                             : std::vector<models::LoraRequest>{}));
-      }
-      const Clock::duration model_load = since(clock, load_start);
-      Context context(std::move(setup), requests, *this);
-      std::vector<Outputs> outputs;
-      {
-        // On the CPU, torch's allocations of this thread come from the device's pool, and so
-        // count against its ledger.
-        std::optional<memory::CpuAllocationScope> scope;
-        if (dev.device.is_cpu()) scope.emplace(context.pool());
-        outputs = workflow->run(requests, context);
-      }
-      if (outputs.size() != requests.size()) {
-        fail(ErrorCode::Internal, "workflow {} returned {} outputs for {} requests",
-             workflow->name(), outputs.size(), requests.size());
-      }
-      std::vector<std::pair<std::string, quant::QuantSpec>> precisions;
-      std::vector<std::string> storage;
-      for (const auto& [role, lease] : context.leases()) {
-        precisions.emplace_back(lease->path(), lease->spec());
-        storage.push_back(fmt::format("{} ({}): {}", role,
-                                      std::filesystem::path(lease->path()).filename().string(),
-                                      lease.storage_reason()));
-      }
-      for (std::size_t i = 0; i < requests.size(); ++i) {
-        Result result;
-        result.id = requests[i].id;
-        result.status = Status::ok;
-        result.outputs = detach(std::move(outputs[i]));
-        result.timings.queue_wait = started - requests[i].submit_time;
-        result.timings.model_load = model_load + context.stage_time(Stage::model_load);
-        result.timings.encode = context.stage_time(Stage::encode);
-        result.timings.denoise = context.stage_time(Stage::denoise);
-        result.timings.decode = context.stage_time(Stage::decode);
-        result.quality = context.quality(i);
-        result.decisions.device = dev.device;
-        result.decisions.batch_size = requests.size();
-        result.decisions.precisions = precisions;
-        result.decisions.attention_slicing = slicing;
-        result.decisions.slice_size = slicing ? config.attention.slice_size : 0;
-        result.decisions.reasons = reasons;
-        for (const std::string& line : storage) result.decisions.reasons.push_back(line);
-        results.push_back(std::move(result));
-      }
-    } catch (const c10::OutOfMemoryError& e) {
-      failure = Failure{Status::out_of_memory, e.what_without_backtrace()};
-    } catch (const std::bad_alloc&) {
-      failure = Failure{Status::out_of_memory, "host memory ran out (std::bad_alloc)"};
-    } catch (const Error& e) {
-      failure = Failure{e.code() == ErrorCode::OutOfMemory ? Status::out_of_memory
-                        : e.code() == ErrorCode::Cancelled ? Status::cancelled
-                                                           : Status::failed,
-                        e.what()};
-    } catch (const c10::Error& e) {
-      failure = Failure{Status::failed, e.what_without_backtrace()};
-    } catch (const std::exception& e) {
-      failure = Failure{Status::failed, e.what()};
+    const Clock::duration model_load = since(clock, load_start);
+    Context context(std::move(setup), requests, *this);
+    std::vector<Outputs> outputs;
+    {
+      // On the CPU, torch's allocations of this thread come from the device's pool, and so
+      // count against its ledger.
+      std::optional<memory::CpuAllocationScope> scope;
+      if (dev.device.is_cpu()) scope.emplace(context.pool());
+      outputs = workflow->run(requests, context);
     }
+    if (outputs.size() != requests.size()) {
+      fail(ErrorCode::Internal, "workflow {} returned {} outputs for {} requests", workflow->name(),
+           outputs.size(), requests.size());
+    }
+    std::vector<std::pair<std::string, quant::QuantSpec>> precisions;
+    std::vector<std::string> storage;
+    for (const auto& [role, lease] : context.leases()) {
+      precisions.emplace_back(lease->path(), lease->spec());
+      storage.push_back(fmt::format("{} ({}): {}", role,
+                                    std::filesystem::path(lease->path()).filename().string(),
+                                    lease.storage_reason()));
+    }
+    for (std::size_t i = 0; i < requests.size(); ++i) {
+      Result result;
+      result.id = requests[i].id;
+      result.status = Status::ok;
+      result.outputs = detach(std::move(outputs[i]));
+      result.timings.queue_wait = started - requests[i].submit_time;
+      result.timings.model_load = model_load + context.stage_time(Stage::model_load);
+      result.timings.encode = context.stage_time(Stage::encode);
+      result.timings.denoise = context.stage_time(Stage::denoise);
+      result.timings.decode = context.stage_time(Stage::decode);
+      result.quality = context.quality(i);
+      result.decisions.device = dev.device;
+      result.decisions.batch_size = requests.size();
+      result.decisions.precisions = precisions;
+      result.decisions.attention_slicing = slicing;
+      result.decisions.slice_size = slicing ? config.attention.slice_size : 0;
+      result.decisions.reasons = reasons;
+      for (const std::string& line : storage) result.decisions.reasons.push_back(line);
+      results.push_back(std::move(result));
+    }
+  } catch (const c10::OutOfMemoryError& e) {
+    failure = Failure{Status::out_of_memory, e.what_without_backtrace()};
+  } catch (const std::bad_alloc&) {
+    failure = Failure{Status::out_of_memory, "host memory ran out (std::bad_alloc)"};
+  } catch (const Error& e) {
+    failure = Failure{e.code() == ErrorCode::OutOfMemory ? Status::out_of_memory
+                      : e.code() == ErrorCode::Cancelled ? Status::cancelled
+                                                         : Status::failed,
+                      e.what()};
+  } catch (const c10::Error& e) {
+    failure = Failure{Status::failed, e.what_without_backtrace()};
+  } catch (const std::exception& e) {
+    failure = Failure{Status::failed, e.what()};
   }
   if (!failure) {
     for (Result& result : results) result.peak_memory_bytes = window.peak_bytes();
@@ -682,16 +664,15 @@ std::vector<Result> EngineCore::State::execute(std::size_t index, const batch::B
           fmt::format("split from a batch of {} after running out of memory ({} released): {}",
                       requests.size(), format_bytes(freed), failure->message));
       std::vector<Result> first =
-          execute(index, whole, requests.subspan(0, half), reserved, started, slicing, split);
-      std::vector<Result> second =
-          execute(index, whole, requests.subspan(half), reserved, started, slicing, split);
+          execute(index, requests.subspan(0, half), started, slicing, split);
+      std::vector<Result> second = execute(index, requests.subspan(half), started, slicing, split);
       std::move(second.begin(), second.end(), std::back_inserter(first));
       return first;
     }
     if (!slicing) {
       reasons.push_back("attention slicing on: the request ran out of memory without it (" +
                         failure->message + ")");
-      return execute(index, whole, requests, reserved, started, true, std::move(reasons));
+      return execute(index, requests, started, true, std::move(reasons));
     }
     failure->message = fmt::format(
         "{} needs an estimated {} of activations beside its models; even alone it did not fit "

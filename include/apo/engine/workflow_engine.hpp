@@ -204,7 +204,9 @@ class WorkflowEngine {
       dispatcher_.submit(std::move(request));
     } catch (const Error& error) {
       if (error.code() == ErrorCode::Rejected) {
-        core_.end(id, Status::rejected, error.message());
+        core_.end(
+            id, Status::rejected,
+            stopping_ ? "the engine is shutting down: it takes no new requests" : error.message());
       } else if (error.code() == ErrorCode::TimedOut) {
         core_.end(id, Status::timed_out, error.message());
       } else {
@@ -311,7 +313,8 @@ class WorkflowEngine {
         continue;
       }
       if (!round.blocked) reclaimed_for.reset();
-      if (stopping_ && scheduler_.size() == 0 && in_flight() == 0) break;
+      // Closed and empty is final: no submit can queue after close().
+      if (scheduler_.closed() && scheduler_.size() == 0 && in_flight() == 0) break;
       dispatcher_.wait(round.wake_at);
     }
   }

@@ -2,7 +2,7 @@
 
 /// @file
 /// @brief ArenaPool: the guide's MemoryPool (one big reservation handed out by a bump pointer)
-/// done right: it never hands out memory that is still in use.
+/// that never hands out memory still in use.
 
 #include <atomic>
 #include <cstdint>

@@ -1,7 +1,7 @@
 #pragma once
 
 /// @file
-/// @brief MemoryManager: the guide's periodic cleanup thread done safely. It releases the cache
+/// @brief MemoryManager: the guide's periodic cleanup thread. It releases the cache
 /// of pools that pass their high-water mark, runs hooks for other caches (the model cache,
 /// torch's CUDA cache) on an interval, and stops and joins promptly.
 

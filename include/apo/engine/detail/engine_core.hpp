@@ -85,9 +85,8 @@ class EngineCore {
   std::int64_t reclaim(std::size_t device, std::int64_t wanted_bytes);
 
   /// @brief Runs `batch` on `device` to its end, splitting it on running out of memory, and
-  /// delivers every request's result. Sets batch.memory_bytes to the estimate still reserved
-  /// for it (what Placement::complete must free).
-  void run(std::size_t device, batch::Batch& batch);
+  /// delivers every request's result.
+  void run(std::size_t device, const batch::Batch& batch);
   /// @brief Tells a device's ledger what its allocator holds (torch's statistics on CUDA),
   /// after a batch completed.
   void reconcile(std::size_t device);
