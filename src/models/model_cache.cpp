@@ -486,13 +486,12 @@ void evict(CacheState& s, Tier& tier, const std::shared_ptr<Instance>& victim) {
   s.stats.bytes_moved += demoted->bytes;
 }
 
-// Evicts least-recently-used unleased instances of `tier` while its ledger's use plus `bytes`
-// would pass the eviction threshold; returns the bytes evicted.
-std::int64_t evict_for(CacheState& s, Tier& tier, std::int64_t bytes) {
-  const auto limit = static_cast<std::int64_t>(s.options.eviction_threshold *
-                                               static_cast<double>(tier.ledger->budget_bytes()));
+// Evicts least-recently-used unleased instances of `tier` while `short_of_room()` holds and
+// there is one; returns the bytes evicted.
+template <class ShortOfRoom>
+std::int64_t evict_while(CacheState& s, Tier& tier, ShortOfRoom short_of_room) {
   std::int64_t evicted = 0;
-  while (tier.ledger->snapshot().used_bytes + bytes > limit) {
+  while (short_of_room()) {
     std::shared_ptr<Instance> victim;
     for (auto& inst : tier.instances) {
       if (inst->state != Instance::State::ready || inst->leases > 0 || inst->switching) continue;
@@ -503,6 +502,13 @@ std::int64_t evict_for(CacheState& s, Tier& tier, std::int64_t bytes) {
     evict(s, tier, victim);
   }
   return evicted;
+}
+
+// Evicts while the ledger's use plus `bytes` would pass the eviction threshold.
+std::int64_t evict_for(CacheState& s, Tier& tier, std::int64_t bytes) {
+  const auto limit = static_cast<std::int64_t>(s.options.eviction_threshold *
+                                               static_cast<double>(tier.ledger->budget_bytes()));
+  return evict_while(s, tier, [&] { return tier.ledger->snapshot().used_bytes + bytes > limit; });
 }
 
 // Makes room in `tier` (evicting within the threshold) and charges `bytes` of weights to its
@@ -924,18 +930,9 @@ std::int64_t ModelCache::release_unused() {
 std::int64_t ModelCache::make_room(Device device, std::int64_t bytes) {
   std::lock_guard lock(state_->mutex);
   Tier& tier = state_->tier_for(device);
-  // Make `bytes` free: evict while the ledger could not take them under its whole budget.
-  std::int64_t evicted = 0;
-  while (tier.ledger->room(LedgerUse::weights) < bytes) {
-    std::shared_ptr<Instance> victim;
-    for (auto& inst : tier.instances) {
-      if (inst->state != Instance::State::ready || inst->leases > 0 || inst->switching) continue;
-      if (!victim || inst->last_used < victim->last_used) victim = inst;
-    }
-    if (!victim) break;
-    evicted += victim->bytes;
-    evict(*state_, tier, victim);
-  }
+  // Under the whole budget, not the threshold: this is for someone who needs the room now.
+  const std::int64_t evicted =
+      evict_while(*state_, tier, [&] { return tier.ledger->room(LedgerUse::weights) < bytes; });
   state_->changed.notify_all();
   return evicted;
 }

@@ -3,7 +3,10 @@
 
 #include "apo_catch.hpp"
 
+#include <sched.h>
+
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <atomic>
 #include <mutex>
@@ -425,4 +428,50 @@ TEST_CASE("the quantization policy decides how models are stored; LoRAs change t
   CHECK(result_of(engine.submit(request("x", 3)))
             .outputs.at("image")
             .equal(kept.outputs.at("image")));  // the base weights came back exactly
+}
+
+namespace {
+
+// Records the CPU affinity and ATen thread count of the thread its batches run on.
+class ThreadProbe : public TestWorkflow {
+ public:
+  using TestWorkflow::TestWorkflow;
+  std::vector<Outputs> run(std::span<const Request> batch, Context& context) override {
+    cpu_set_t cores;
+    CPU_ZERO(&cores);
+    sched_getaffinity(0, sizeof(cores), &cores);
+    cores_seen = CPU_COUNT(&cores);
+    first_core_set = CPU_ISSET(first_core, &cores);
+    threads_seen = at::get_num_threads();
+    return TestWorkflow::run(batch, context);
+  }
+  int first_core = 0;
+  std::atomic<int> cores_seen{0};
+  std::atomic<bool> first_core_set{false};
+  std::atomic<int> threads_seen{0};
+};
+
+}  // namespace
+
+TEST_CASE("workers run pinned to system_optimization.cpu_affinity with max_cpu_threads",
+          "[engine][threads]") {
+  Fixture f;
+  cpu_set_t mine;
+  CPU_ZERO(&mine);
+  sched_getaffinity(0, sizeof(mine), &mine);
+  int first = 0;
+  while (!CPU_ISSET(first, &mine)) ++first;
+  auto config = engine_config(64_MiB, f.dir.path);
+  config.system.cpu_affinity = std::vector<int>{first};
+  config.system.max_cpu_threads = 1;
+  auto options = f.workflow();
+  options.probe = nullptr;
+  auto probe = std::make_shared<ThreadProbe>(options);
+  probe->first_core = first;
+  Engine engine(config, f.clock, cpu_machine());
+  engine.add_workflow(probe);
+  CHECK(result_of(engine.submit(request("x", 1))).ok());
+  CHECK(probe->cores_seen == 1);
+  CHECK(probe->first_core_set);
+  CHECK(probe->threads_seen == 1);
 }

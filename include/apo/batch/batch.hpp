@@ -219,6 +219,7 @@ template <class P>
 concept BatchPlanner = requires(const P& planner, const BatchCandidate& candidate,
                                 std::int64_t free_bytes) {
   { planner.plan(candidate, free_bytes) } -> std::same_as<BatchPlan>;
+  { planner.max_batch_size() } -> std::same_as<std::size_t>;
 };
 
 /// @brief Chooses how many requests go into the next batch.
@@ -242,7 +243,6 @@ concept Batcher = BatchPlanner<B> &&
     requires(B& batcher, const B& const_batcher, const BatchOutcome& outcome,
              const typename B::Options& options) {
   { batcher.record(outcome) } -> std::same_as<void>;
-  { const_batcher.max_batch_size() } -> std::same_as<std::size_t>;
   B(options);
 };
 

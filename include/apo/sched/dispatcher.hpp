@@ -50,6 +50,7 @@ struct TakeWithoutWaiting {
     return BatchPlan::take(std::min(candidate.available, max_requests), free_bytes,
                            batch::BatchLimit::queued);
   }
+  std::size_t max_batch_size() const { return max_requests; }
 };
 
 /// @brief Drives a scheduler, a batcher and a placement together. Holds references: all three

@@ -187,6 +187,8 @@ DispatchResult Placement::dispatch(S& scheduler, const B& batcher, const ExtraBy
   }
   // The batch's room is reserved on its device while the batcher sizes it, so that nothing
   // charged to the ledger meanwhile (a model load, pool growth) can leave the batch without room.
+  // At most what a full batch of the head's estimate could use is reserved, and only for the
+  // planner's call.
   std::optional<std::size_t> target;
   std::int64_t reserved = 0;
   std::int64_t largest_room = 0;
@@ -202,11 +204,13 @@ DispatchResult Placement::dispatch(S& scheduler, const B& batcher, const ExtraBy
         const Choice choice = choose_locked(candidate.head_memory_bytes, &candidate.key, extra);
         largest_room = std::max<std::int64_t>(choice.room_bytes, 0);
         if (!choice.device) return BatchPlan::blocked();
-        if (devices_[*choice.device].ledger->try_charge(memory::LedgerUse::batches,
-                                                        choice.room_bytes)) {
+        const auto full_batch =
+            static_cast<std::int64_t>(batcher.max_batch_size()) * candidate.head_memory_bytes;
+        const std::int64_t room = std::min(choice.room_bytes, full_batch);
+        if (devices_[*choice.device].ledger->try_charge(memory::LedgerUse::batches, room)) {
           target = choice.device;
-          reserved = choice.room_bytes;
-          return batcher.plan(candidate, choice.room_bytes);
+          reserved = room;
+          return batcher.plan(candidate, room);
         }
         // The ledger moved between reading its room and reserving it: look again.
       }
