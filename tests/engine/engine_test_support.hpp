@@ -219,10 +219,13 @@ inline apo::MachineInfo cpu_machine() {
   return machine;
 }
 
-// The CPU's budget (and the host tier's) is `budget_bytes`; batches form at once.
+// The CPU's budget (and the host tier's) is `budget_bytes`; batches form at once. Workers run
+// ATen on one thread, as every test does under TSan (tests/support), which cannot see into
+// libgomp.
 inline apo::Config engine_config(std::int64_t budget_bytes, const fs::path& dir) {
   apo::Config config;
   config.performance.max_memory_usage_gib = apo::bytes_to_gib(budget_bytes);
+  config.system.max_cpu_threads = 1;
   config.scheduling.max_queue_delay_ms = 0;
   config.system.io_threads = 2;
   config.storage.model_cache_path = dir.string();
