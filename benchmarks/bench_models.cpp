@@ -169,6 +169,7 @@ int main(int argc, char** argv) {
       bf16.precision = apo::Precision::bf16;
       o.quantization = apo::models::planner_of(
           apo::quant::ConfiguredPrecision(bf16, apo::quant::QuantizationRules()));
+      o.converted_models.clear();  // every load reads the file itself, keeps no converted copy
       o.demote_to_host = host_tier;
       o.keep_host_copy = host_tier;
       return o;
