@@ -9,7 +9,9 @@ mapped loaders only map the file:
     package, which maps the file too);
   - apo.models.load_file against torch.load(mmap=True, weights_only=True) of the same tensors
     saved by torch.save;
-  - apo.models.load_file(copy=True) (owned memory) against safetensors.torch.load_file.
+  - apo.models.load_file(copy=True) (tensors that own their memory) against the owned copies
+    a user gets otherwise: safetensors.torch.load_file's tensors cloned, and torch.load without
+    mmap.
 
 Every loader's tensors are checked equal to the saved ones before a time is reported. Runs are
 interleaved round-robin and medians reported. Writes the report of benchmarks/README.md:
@@ -94,7 +96,10 @@ def main():
             "apo mapped": lambda: apo.models.load_file(st_path),
             "apo copy": lambda: apo.models.load_file(st_path, copy=True),
             "safetensors": lambda: safetensors.torch.load_file(st_path),
+            "safetensors clone": lambda: {k: v.clone()
+                                          for k, v in safetensors.torch.load_file(st_path).items()},
             "torch mmap": lambda: torch.load(pt_path, mmap=True, weights_only=True),
+            "torch": lambda: torch.load(pt_path, weights_only=True),
         }
         for name, load in loaders.items():
             loaded = load()
@@ -117,7 +122,9 @@ def main():
         result(f"load (mapped): apo.models.load_file vs torch.load(mmap=True) of torch.save, {size}",
                t["apo mapped"], t["torch mmap"]),
         result(f"load (owned copies): apo.models.load_file(copy=True) vs "
-               f"safetensors.torch.load_file, {size}", t["apo copy"], t["safetensors"]),
+               f"safetensors.torch.load_file + clone, {size}", t["apo copy"], t["safetensors clone"]),
+        result(f"load (owned copies): apo.models.load_file(copy=True) vs torch.load of torch.save, "
+               f"{size}", t["apo copy"], t["torch"]),
     ]
     report = {"benchmark": "bench_models_python", "machine": machine(), "results": results}
     if args.json:
