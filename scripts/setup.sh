@@ -18,8 +18,9 @@ sudo_if_needed() {
   if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
 }
 
+# libjemalloc-dev and pkg-config: jemalloc is a baseline of bench_memory (optional to the build).
 packages=(cmake ninja-build g++ libfmt-dev nlohmann-json3-dev catch2 libcli11-dev pybind11-dev
-  libzstd-dev liblzma-dev clang libclang-rt-14-dev)
+  libzstd-dev liblzma-dev clang libclang-rt-14-dev libjemalloc-dev pkg-config)
 python_include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$python_include/Python.h" ] || packages+=(python3-dev)
 missing=()

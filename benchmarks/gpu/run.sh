@@ -41,6 +41,14 @@ for binary in build/gpu/bin/bench_*; do
   "$binary" --json "$out/$name.json" >"$out/$name.log" 2>&1 || { status=1; tail -20 "$out/$name.log"; }
 done
 
+# The Python loaders' benchmark needs the safetensors package; without it, say so and go on.
+if python3 -c "import safetensors" 2>/dev/null; then
+  PYTHONPATH=build/gpu/python python3 benchmarks/bench_models.py --json "$out/bench_models_python.json" \
+    >"$out/bench_models_python.log" 2>&1 || { status=1; tail -20 "$out/bench_models_python.log"; }
+else
+  echo "bench_models.py: skipped (no safetensors package)"
+fi
+
 step "summary"
 build/gpu/bin/apo probe --kernel-check | tee "$out/probe.txt"
 python3 benchmarks/report.py "$out"/bench_*.json 2>/dev/null || echo "(no benchmark results)"

@@ -152,9 +152,24 @@ std::vector<std::byte> decompress_zstd(std::span<const std::byte> input, std::in
 std::vector<std::byte> decompress_xz(std::span<const std::byte> input, std::int64_t limit,
                                      const std::string& name) {
   lzma_stream stream = LZMA_STREAM_INIT;
+#if LZMA_VERSION >= 50040000
+  // liblzma 5.4 decodes the blocks of a multithreaded encoder's stream in parallel. Above the
+  // threading memory limit (block buffers, sized by the stream's headers: untrusted) it decodes
+  // on one thread instead, which needs only the dictionary.
+  lzma_mt mt{};
+  mt.flags = LZMA_CONCATENATED;
+  mt.threads = static_cast<std::uint32_t>(worker_threads(0));
+  mt.memlimit_threading =
+      std::min<std::uint64_t>(static_cast<std::uint64_t>(limit), lzma_physmem() / 4);
+  mt.memlimit_stop = UINT64_MAX;
+  if (lzma_stream_decoder_mt(&stream, &mt) != LZMA_OK) {
+    fail(ErrorCode::Internal, "xz decoder could not start ({} threads)", mt.threads);
+  }
+#else
   if (lzma_stream_decoder(&stream, UINT64_MAX, LZMA_CONCATENATED) != LZMA_OK) {
     fail(ErrorCode::Internal, "xz decoder could not start");
   }
+#endif
   std::unique_ptr<lzma_stream, decltype(&lzma_end)> guard(&stream, lzma_end);
   std::vector<std::byte> output;
   const lzma_ret ret = run_lzma(stream, input, [&](std::span<const std::byte> chunk) {

@@ -123,10 +123,13 @@ std::vector<quant::QTensor> read_model_weights(const std::filesystem::path& path
     quant::QuantizationRules measured = rules;
     measured.measure_error = false;  // loading: no report wanted, no extra dequantize
     auto quantized = quant::quantize_state_dict(tensors, measured);
-    for (quant::QTensor& w : quantized.tensors) {
-      if (w.format() == quant::QFormat::none) {
-        w = quant::QTensor::from_parts(w.name(), w.data().clone(), {}, quant::QFormat::none,
-                                       quant::Scaling::none, w.original_dtype());
+    for (std::size_t i = 0; i < quantized.tensors.size(); ++i) {
+      // A weight kept as it is, or already in the dtype asked for (bf16 to bf16), still views
+      // the mapping: own the memory, as above.
+      quant::QTensor& w = quantized.tensors[i];
+      if (w.data().is_alias_of(tensors[i].second)) {
+        w = quant::QTensor::from_parts(w.name(), w.data().clone(), w.scales(), w.format(),
+                                       w.scaling(), w.original_dtype());
       }
     }
     return std::move(quantized.tensors);

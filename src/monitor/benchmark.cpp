@@ -1,5 +1,7 @@
 #include "apo/monitor/benchmark.hpp"
 
+#include <algorithm>
+#include <chrono>
 #include <cstdlib>
 #include <fstream>
 
@@ -73,6 +75,41 @@ int finish(const Report& report, const Options& options) {
   report.print_table();
   if (options.json_path) report.write_json(*options.json_path);
   return 0;
+}
+
+std::vector<double> interleaved_medians(const std::vector<std::function<void()>>& runs,
+                                        int min_runs, double min_total_s, int max_rounds) {
+  using clock = std::chrono::steady_clock;
+  for (const auto& run : runs) run();
+  std::vector<std::vector<double>> times(runs.size());
+  const auto start = clock::now();
+  for (int round = 0; round < max_rounds; ++round) {
+    if (round >= min_runs &&
+        std::chrono::duration<double>(clock::now() - start).count() >= min_total_s) {
+      break;
+    }
+    for (std::size_t i = 0; i < runs.size(); ++i) {
+      const auto t0 = clock::now();
+      runs[i]();
+      times[i].push_back(std::chrono::duration<double>(clock::now() - t0).count());
+    }
+  }
+  std::vector<double> medians;
+  for (auto& t : times) {
+    if (t.empty()) {
+      medians.push_back(0);
+      continue;
+    }
+    std::nth_element(t.begin(), t.begin() + static_cast<std::ptrdiff_t>(t.size() / 2), t.end());
+    medians.push_back(t[t.size() / 2]);
+  }
+  return medians;
+}
+
+void check_output(bool matches, const std::string& what) {
+  if (matches) return;
+  fmt::print(stderr, "output check failed: {}\nno time is reported for a wrong result\n", what);
+  std::exit(1);
 }
 
 }  // namespace apo::bench

@@ -138,6 +138,30 @@ TEST_CASE("the configured precision quantizes on load; apo's quantized files loa
   }
 }
 
+TEST_CASE("weights stored in the file's own dtype own their memory", "[cache]") {
+  ScratchDir dir;
+  at::manual_seed(5);
+  const std::vector<NamedTensor> tensors{
+      {"blocks.0.attn.qkv.weight", at::randn({128, 128}).to(at::kBFloat16)},
+      {"blocks.0.attn.qkv.bias", at::randn({128}).to(at::kBFloat16)}};
+  const fs::path path = dir.path / "bf16.safetensors";
+  save_safetensors(path, tensors);
+  auto options = host_only(64_MiB);
+  options.quantization = stored_as(apo::Precision::bf16);  // bf16 to bf16: nothing converts
+  ModelCache cache(options);
+  Lease lease = cache.acquire(ref(path), kCpu);
+  // Overwritten in place, the file must not change the loaded weights (a view of its mapping
+  // would see the new bytes).
+  {
+    const std::int64_t data_offset = SafetensorsFile::open(path).header().data_offset();
+    std::fstream file(path, std::ios::in | std::ios::out | std::ios::binary);
+    file.seekp(data_offset);
+    const std::vector<char> zeros(static_cast<std::size_t>(fs::file_size(path) - data_offset));
+    file.write(zeros.data(), static_cast<std::streamsize>(zeros.size()));
+  }
+  for (const auto& t : tensors) CHECK(bitwise_equal(lease->weight(t.name).data(), t.tensor));
+}
+
 TEST_CASE("the least recently used unleased model goes first; leased ones never", "[cache]") {
   ScratchDir dir;
   const auto a = write_model(dir.path, "a", 4, 3);

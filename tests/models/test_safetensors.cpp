@@ -297,6 +297,30 @@ TEST_CASE("damaged compressed streams are Corrupt and bombs are refused", "[comp
                   apo::Error);
 }
 
+TEST_CASE("xz streams of several blocks decode whole, and their damage is Corrupt",
+          "[compression]") {
+  // xz level 0 closes a block every MiB: the multithreaded decoder has blocks to share out.
+  std::vector<std::byte> input(5 << 20);
+  std::uint32_t state = 1;
+  for (auto& b : input) {
+    state = state * 1664525u + 1013904223u;
+    b = static_cast<std::byte>((state >> 24) & 0x3f);  // compressible, not trivially
+  }
+  const auto packed =
+      apo::models::compress(input, {.codec = apo::models::Codec::xz, .level = 0, .threads = 2});
+  CHECK((apo::models::decompress(packed, apo::models::Codec::xz, 6 << 20, "x") == input));
+  auto truncated = packed;
+  truncated.resize(truncated.size() * 2 / 3);
+  CHECK_THROWS_MATCHES(apo::models::decompress(truncated, apo::models::Codec::xz, 6 << 20, "x"),
+                       apo::Error, Catch::Predicate<apo::Error>([](const apo::Error& e) {
+                         return e.code() == apo::ErrorCode::Corrupt;
+                       }));
+  CHECK_THROWS_MATCHES(apo::models::decompress(packed, apo::models::Codec::xz, 3 << 20, "x"),
+                       apo::Error, Catch::Predicate<apo::Error>([](const apo::Error& e) {
+                         return e.code() == apo::ErrorCode::OutOfMemory;
+                       }));
+}
+
 TEST_CASE("random damage to a valid file never crashes the reader", "[safetensors]") {
   ScratchDir dir;
   const auto good = dir / "good.safetensors";

@@ -40,3 +40,13 @@ TEST_CASE("median_seconds runs at least the asked number of times", "[bench]") {
   CHECK(runs >= 8);  // one warm-up plus seven
   CHECK(seconds >= 0.0);
 }
+
+TEST_CASE("interleaved_medians runs every candidate in turn, as often as asked", "[bench]") {
+  std::vector<int> order;
+  const auto medians = apo::bench::interleaved_medians(
+      {[&] { order.push_back(0); }, [&] { order.push_back(1); }}, 5, 0.0);
+  REQUIRE(medians.size() == 2);
+  REQUIRE(order.size() == 12);  // one warm-up each, then five rounds of both
+  for (std::size_t i = 0; i < order.size(); ++i) CHECK(order[i] == static_cast<int>(i % 2));
+  CHECK(apo::bench::interleaved_medians({[] {}}, 3, 0.0, 2).size() == 1);  // max_rounds caps
+}

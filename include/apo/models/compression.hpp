@@ -73,7 +73,9 @@ std::vector<std::byte> compress(std::span<const std::byte> input,
                                 const CompressionOptions& options);
 
 /// @brief Decompresses a whole stream. Never produces more than `max_output_bytes`: a stream
-/// that would is refused with OutOfMemory, whatever sizes it claims.
+/// that would is refused with OutOfMemory, whatever sizes it claims. xz streams of several
+/// blocks (what the multithreaded encoder writes) decode on one thread per core where liblzma
+/// is 5.4 or newer; zstd decodes on one thread (its format has no parallel decoding).
 /// @throws apo::Error Corrupt (a damaged or truncated stream, with `name`), OutOfMemory
 std::vector<std::byte> decompress(std::span<const std::byte> input, Codec codec,
                                   std::int64_t max_output_bytes, const std::string& name);

@@ -7,6 +7,7 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <functional>
 #include <optional>
 #include <string>
 #include <vector>
@@ -86,5 +87,18 @@ double median_seconds(F&& run, int min_runs = 5, double min_total_s = 0.2) {
   std::nth_element(times.begin(), times.begin() + times.size() / 2, times.end());
   return times[times.size() / 2];
 }
+
+/// @brief Median wall time in seconds of each of `runs`, measured round-robin after one warm-up
+/// run each, until every one has run `min_runs` times and `min_total_s` have passed (at most
+/// `max_rounds` rounds). Candidate and baselines then see the same machine load: on a shared
+/// machine the load moves by more than the differences measured.
+std::vector<double> interleaved_medians(const std::vector<std::function<void()>>& runs,
+                                        int min_runs = 7, double min_total_s = 0.5,
+                                        int max_rounds = 200);
+
+/// @brief Ends the program (exit status 1, naming `what`) unless `matches`: a benchmark checks
+/// its candidate's output against the baseline's before it reports a time, and never reports
+/// one for a wrong result.
+void check_output(bool matches, const std::string& what);
 
 }  // namespace apo::bench
