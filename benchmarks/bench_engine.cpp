@@ -20,7 +20,6 @@
 #include <fmt/format.h>
 
 #include "apo/core/config.hpp"
-#include "apo/core/error.hpp"
 #include "apo/core/machine.hpp"
 #include "apo/engine/workflow_engine.hpp"
 #include "apo/models/model.hpp"
@@ -96,8 +95,13 @@ void measure_overhead(apo::bench::Report& report, const fs::path& dir, bool quic
   auto workflow = std::make_shared<TrivialWorkflow>();
   apo::engine::Engine engine(engine_config(dir, 1_GiB));
   engine.add_workflow(workflow);
-  std::vector<double> round_trip, to_start, to_result;
+  std::vector<double> round_trip, to_start, to_result, direct;
   for (int i = 0; i < requests; ++i) {
+    // The same work called directly, as a program without the engine would, in turn with it.
+    const auto t0 = steady::now();
+    apo::bench::do_not_optimize(trivial_work().size());
+    direct.push_back(micros(steady::now() - t0));
+
     Request request;
     request.workflow = "trivial";
     request.width = 64;
@@ -106,20 +110,13 @@ void measure_overhead(apo::bench::Report& report, const fs::path& dir, bool quic
     const apo::engine::Ticket ticket = engine.submit(std::move(request));
     const apo::engine::Result& result = ticket.wait();
     const auto returned = steady::now();
-    if (!result.ok()) throw apo::Error(apo::ErrorCode::Internal, result.message, "bench_engine");
+    apo::bench::check_output(result.ok(), "trivial request: " + result.message);
     const auto [start, end] = workflow->times(ticket.id());
     round_trip.push_back(micros(returned - submitted));
     to_start.push_back(micros(start - submitted));
     to_result.push_back(micros(returned - end));
   }
   engine.shutdown();
-  // The same work called directly, as a program without the engine would.
-  std::vector<double> direct;
-  for (int i = 0; i < requests; ++i) {
-    const auto t0 = steady::now();
-    apo::bench::do_not_optimize(trivial_work().size());
-    direct.push_back(micros(steady::now() - t0));
-  }
   report.add({"trivial workflow: submit to result vs a direct call", "time", median(round_trip),
               "us", median(direct), Better::lower});
   report.add({"trivial workflow: submit to workflow start", "time", median(to_start), "us",
@@ -197,8 +194,8 @@ class TraceWorkflow : public apo::engine::Workflow {
     std::vector<at::Tensor> images;
     {
       auto stage = context.stage(apo::engine::Stage::denoise);
-      images = generate(batch, context.model("encoder"), context.model("dit"),
-                        context.model("vae"));
+      images =
+          generate(batch, context.model("encoder"), context.model("dit"), context.model("vae"));
     }
     context.step(1, 1);
     std::vector<Outputs> outputs;
@@ -301,7 +298,7 @@ void measure_trace(apo::bench::Report& report, const fs::path& dir, bool quick) 
   double batch_sizes = 0;
   for (const auto& ticket : tickets) {
     const apo::engine::Result& result = ticket.wait();
-    if (!result.ok()) throw apo::Error(apo::ErrorCode::Internal, result.message, "bench_engine");
+    apo::bench::check_output(result.ok(), "mixed trace request: " + result.message);
     engine_images.push_back(result.outputs.at("image"));
     batch_sizes += static_cast<double>(result.decisions.batch_size);
   }
@@ -311,12 +308,9 @@ void measure_trace(apo::bench::Report& report, const fs::path& dir, bool quick) 
 
   // All did the same work: the images agree (batching changes only the order of float sums).
   for (std::size_t i = 0; i < trace.size(); ++i) {
-    if (!at::allclose(engine_images[i], naive_images[i], 1e-4, 1e-5) ||
-        !at::equal(kept_images[i], naive_images[i])) {
-      throw apo::Error(apo::ErrorCode::Internal,
-                       fmt::format("request {}: the engine's image differs from the loop's", i),
-                       "bench_engine");
-    }
+    apo::bench::check_output(at::allclose(engine_images[i], naive_images[i], 1e-4, 1e-5) &&
+                                 at::equal(kept_images[i], naive_images[i]),
+                             fmt::format("mixed trace request {}: the three images agree", i));
   }
   const std::string label = fmt::format("{} requests, {} workflows, 2 shapes", count, workflows);
   report.add({"mixed trace throughput, engine vs load-per-request FIFO loop (" + label + ")",
