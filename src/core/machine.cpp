@@ -98,7 +98,15 @@ MachineInfo probe_machine(const ProbeOptions& options) {
   detail::CudaQuery query = detail::query_cuda_devices(options.run_kernel_check);
   machine.cuda_devices = std::move(query.devices);
   machine.cuda_status = std::move(query.status);
-  for (auto& device : machine.cuda_devices) device.telemetry = nvml.telemetry(device.pci_bus_id);
+  for (auto& device : machine.cuda_devices) {
+    device.telemetry = nvml.telemetry(device.pci_bus_id);
+    // NVML reads free memory without a CUDA context; the runtime asked only the current device.
+    if (const auto free = nvml.free_memory_bytes(device.pci_bus_id)) {
+      device.free_bytes = *free;
+    } else if (device.free_bytes < 0) {
+      device.free_bytes = device.total_bytes;
+    }
+  }
 #else
   (void)options;
   machine.cuda_status = "apo was built without CUDA";

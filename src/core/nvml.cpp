@@ -13,6 +13,11 @@ struct nvmlUtilization_t {
   unsigned int gpu;
   unsigned int memory;
 };
+struct nvmlMemory_t {
+  unsigned long long total;
+  unsigned long long free;
+  unsigned long long used;
+};
 constexpr nvmlReturn_t kNvmlSuccess = 0;
 constexpr int kNvmlTemperatureGpu = 0;
 
@@ -28,6 +33,7 @@ struct Nvml::Api {
   nvmlReturn_t (*temperature)(nvmlDevice_t, int, unsigned int*);
   nvmlReturn_t (*power_usage)(nvmlDevice_t, unsigned int*);
   nvmlReturn_t (*power_limit)(nvmlDevice_t, unsigned int*);
+  nvmlReturn_t (*memory_info)(nvmlDevice_t, nvmlMemory_t*);
 };
 
 namespace {
@@ -56,7 +62,8 @@ Nvml::Nvml() {
       load_symbol(library_, "nvmlDeviceGetUtilizationRates", api_->utilization) &&
       load_symbol(library_, "nvmlDeviceGetTemperature", api_->temperature) &&
       load_symbol(library_, "nvmlDeviceGetPowerUsage", api_->power_usage) &&
-      load_symbol(library_, "nvmlDeviceGetEnforcedPowerLimit", api_->power_limit);
+      load_symbol(library_, "nvmlDeviceGetEnforcedPowerLimit", api_->power_limit) &&
+      load_symbol(library_, "nvmlDeviceGetMemoryInfo", api_->memory_info);
   if (!loaded) {
     status_ = "libnvidia-ml.so.1 lacks a function apo needs (driver too old)";
     return;
@@ -102,6 +109,16 @@ GpuTelemetry Nvml::telemetry(const std::string& pci_bus_id) const {
     readings.power_limit_w = milliwatts / 1000.0;
   }
   return readings;
+}
+
+std::optional<std::int64_t> Nvml::free_memory_bytes(const std::string& pci_bus_id) const {
+  nvmlDevice_t device = nullptr;
+  nvmlMemory_t memory{};
+  if (!initialized_ || api_->handle_by_pci_bus_id(pci_bus_id.c_str(), &device) != kNvmlSuccess ||
+      api_->memory_info(device, &memory) != kNvmlSuccess) {
+    return std::nullopt;
+  }
+  return static_cast<std::int64_t>(memory.free);
 }
 
 }  // namespace apo::detail

@@ -3,6 +3,8 @@
 // NVML, loaded at run time with dlopen so that apo needs neither the library nor its header to
 // build or run: a machine without an NVIDIA driver simply has no NVML.
 
+#include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -26,6 +28,10 @@ class Nvml {
 
   /// Readings of the GPU at this PCI bus id ("0000:01:00.0"); empty when unknown.
   GpuTelemetry telemetry(const std::string& pci_bus_id) const;
+
+  /// Free memory of the GPU at this PCI bus id, as NVML counts it (no CUDA context needed);
+  /// nullopt when unknown.
+  std::optional<std::int64_t> free_memory_bytes(const std::string& pci_bus_id) const;
 
  private:
   struct Api;

@@ -1,5 +1,8 @@
-// CUDA device query and a kernel check: lists devices through the runtime API and runs a tiny
-// kernel on each, which fails with "no kernel image" when apo was not built for the device.
+// CUDA device query and a kernel check: lists devices through the runtime API (properties need no
+// context) and, when asked, runs a tiny kernel on each, which fails with "no kernel image" when
+// apo was not built for the device. Free memory comes from NVML (machine.cpp); here only the
+// current device is asked, where the process has or will have its context anyway: making every
+// GPU current to ask would create a context (hundreds of MiB) on each.
 
 #include <cuda_runtime.h>
 
@@ -22,9 +25,29 @@ std::string error_text(cudaError_t error) {
   return std::string(cudaGetErrorName(error)) + ": " + cudaGetErrorString(error);
 }
 
+// Makes `device` current and gives the caller's device back at the end of the scope.
+class DeviceScope {
+ public:
+  explicit DeviceScope(int device) {
+    if (cudaGetDevice(&previous_) != cudaSuccess) previous_ = -1;
+    status_ = previous_ == device ? cudaSuccess : cudaSetDevice(device);
+  }
+  ~DeviceScope() {
+    if (previous_ >= 0) cudaSetDevice(previous_);
+  }
+  DeviceScope(const DeviceScope&) = delete;
+  DeviceScope& operator=(const DeviceScope&) = delete;
+  cudaError_t status() const { return status_; }
+
+ private:
+  int previous_ = -1;
+  cudaError_t status_ = cudaSuccess;
+};
+
 std::string check_kernel(int device) {
   constexpr int kCount = 4096;
-  if (cudaError_t e = cudaSetDevice(device); e != cudaSuccess) return error_text(e);
+  const DeviceScope scope(device);
+  if (cudaError_t e = scope.status(); e != cudaSuccess) return error_text(e);
   int* buffer = nullptr;
   if (cudaError_t e = cudaMalloc(&buffer, kCount * sizeof(int)); e != cudaSuccess) {
     return error_text(e);
@@ -61,6 +84,11 @@ CudaQuery query_cuda_devices(bool run_kernel_check) {
     query.status = error_text(status);
     return query;
   }
+  int current = -1;
+  if (cudaGetDevice(&current) != cudaSuccess) {
+    cudaGetLastError();
+    current = -1;
+  }
   for (int index = 0; index < count; ++index) {
     CudaDeviceInfo info;
     info.index = index;
@@ -78,11 +106,15 @@ CudaQuery query_cuda_devices(bool run_kernel_check) {
     if (cudaDeviceGetPCIBusId(bus_id, sizeof(bus_id), index) == cudaSuccess) {
       info.pci_bus_id = bus_id;
     }
+    info.free_bytes = -1;  // unknown unless asked below or read from NVML
     std::size_t free_bytes = 0;
     std::size_t total_bytes = 0;
-    if (cudaSetDevice(index) == cudaSuccess &&
-        cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
-      info.free_bytes = static_cast<std::int64_t>(free_bytes);
+    if (index == current) {
+      if (cudaMemGetInfo(&free_bytes, &total_bytes) == cudaSuccess) {
+        info.free_bytes = static_cast<std::int64_t>(free_bytes);
+      } else {
+        cudaGetLastError();
+      }
     }
     if (run_kernel_check) info.kernel_check = check_kernel(index);
     query.devices.push_back(std::move(info));

@@ -6,6 +6,7 @@
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
 
+#include "../core/cuda_context.hpp"
 #include "apo/core/error.hpp"
 #include "apo/memory/torch_allocator.hpp"
 #include "apo/models/safetensors.hpp"
@@ -65,14 +66,23 @@ at::Tensor Model::dense(std::string_view name, std::optional<at::ScalarType> dty
 }
 
 Model Model::to(Device device, const memory::AnyResource* host_memory) const {
+  // Copies between pinned host memory and a device run asynchronously on torch's current stream
+  // of that device; one wait at the end (not one per tensor) makes the copy complete before it is
+  // returned, so the source may go and host code may read the result.
+  std::optional<int> queued_on;
   auto copy = [&](const at::Tensor& t) -> at::Tensor {
     if (!t.defined()) return t;
     if (device.is_cpu() && host_memory != nullptr) {
       at::Tensor out = memory::empty_from(*host_memory, t.sizes(), t.scalar_type());
-      out.copy_(t);
+      const bool async =
+          t.is_cuda() && host_memory->space().kind == memory::MemoryKind::pinned_host;
+      out.copy_(t, /*non_blocking=*/async);
+      if (async) queued_on = t.device().index();
       return out;
     }
-    return t.to(device.to_torch(), /*non_blocking=*/false, /*copy=*/true);
+    const bool async = device.is_cuda() && t.is_cpu() && t.is_pinned();
+    if (async) queued_on = device.index;
+    return t.to(device.to_torch(), /*non_blocking=*/async, /*copy=*/true);
   };
   std::vector<quant::QTensor> moved;
   moved.reserve(weights_.size());
@@ -80,6 +90,7 @@ Model Model::to(Device device, const memory::AnyResource* host_memory) const {
     moved.push_back(quant::QTensor::from_parts(w.name(), copy(w.data()), copy(w.scales()),
                                                w.format(), w.scaling(), w.original_dtype()));
   }
+  if (queued_on) apo::detail::synchronize_torch_cuda_stream(*queued_on, path_);
   return Model(path_, kind_, precision_, std::move(moved));
 }
 

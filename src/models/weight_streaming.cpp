@@ -148,9 +148,9 @@ struct WeightStreamer::Staged {
   };
   std::vector<Piece> pieces;
   std::int64_t bytes = 0;
-  void* host = nullptr;  // staging copy (pinned on CUDA)
-  void* home = nullptr;  // resident blocks: their device memory
-  int buffer = -1;       // the event id of the resident home
+  void* host = nullptr;        // staging copy (pinned on CUDA)
+  std::shared_ptr<void> home;  // resident blocks: their device memory
+  int buffer = -1;             // the event id of the resident home
   bool entered = false;
   std::map<std::string, at::Tensor> tensors;
 };
@@ -206,7 +206,7 @@ WeightStreamer::WeightStreamer(const std::map<std::string, at::Tensor>& host_wei
           {name, staged->bytes, it->second.sizes().vec(), it->second.scalar_type()});
       staged->bytes = align_up(staged->bytes + static_cast<std::int64_t>(it->second.nbytes()));
     }
-    staged->host = allocate(memory_.host, staged->bytes);
+    staged->host = allocate(memory_.host, staged->bytes).get();
     for (const auto& piece : staged->pieces) {
       const at::Tensor source = host_weights.at(piece.name).contiguous();
       if (source.nbytes() == 0) continue;
@@ -223,28 +223,23 @@ WeightStreamer::WeightStreamer(const std::map<std::string, at::Tensor>& host_wei
   for (int s = 0; s < plan_.slots && !plan_.streamed.empty(); ++s) {
     slot_memory_[static_cast<std::size_t>(s)] = allocate(memory_.device, largest_streamed);
   }
+  slot_users_.resize(static_cast<std::size_t>(plan_.slots));
   // Resident blocks: copied once into their own memory; their event ids follow the slots'.
   int buffer = plan_.slots;
   for (const std::size_t b : plan_.resident) {
     Staged& staged = *staged_[b];
     staged.home = allocate(memory_.device, staged.bytes);
     staged.buffer = buffer++;
-    backend_->copy(staged.home, staged.host, staged.bytes, -1);
+    backend_->copy(staged.home.get(), staged.host, staged.bytes, -1);
     backend_->copies_done(staged.buffer);
     stats_.bytes_copied += staged.bytes;
     ++stats_.block_copies;
-    for (const auto& piece : staged.pieces) {
-      staged.tensors.emplace(
-          piece.name,
-          at::from_blob(
-              static_cast<std::byte*>(staged.home) + piece.offset, piece.shape,
-              at::TensorOptions().dtype(piece.dtype).device(backend_->device().to_torch())));
-    }
+    make_tensors(staged, staged.home, nullptr);
   }
   // The first pass starts warm.
   for (std::size_t p = 0;
        p < plan_.streamed.size() && p < static_cast<std::size_t>(prefetch_depth_); ++p) {
-    start_copy(p);
+    start_copy(p, false);
   }
 }
 
@@ -256,7 +251,7 @@ WeightStreamer::~WeightStreamer() {
   }
 }
 
-void* WeightStreamer::allocate(memory::AnyResource& resource, std::int64_t bytes) {
+std::shared_ptr<void> WeightStreamer::allocate(memory::AnyResource& resource, std::int64_t bytes) {
   const std::int64_t size = align_up(std::max<std::int64_t>(bytes, 1));
   void* ptr = resource.allocate(size, kWeightAlignment);
   try {
@@ -267,10 +262,24 @@ void* WeightStreamer::allocate(memory::AnyResource& resource, std::int64_t bytes
     resource.deallocate(ptr, size, kWeightAlignment);
     throw;
   }
-  return ptr;
+  return allocations_.back();
 }
 
-void WeightStreamer::start_copy(std::size_t position) {
+void WeightStreamer::make_tensors(Staged& staged, const std::shared_ptr<void>& memory,
+                                  const std::shared_ptr<const void>& user) {
+  staged.tensors.clear();
+  const at::TensorOptions options = at::TensorOptions().device(backend_->device().to_torch());
+  for (const auto& piece : staged.pieces) {
+    // The storage holds the memory (so the tensor stays valid after the streamer is gone) and,
+    // for a slot, the token by which the streamer sees that the block's tensors are still in use.
+    staged.tensors.emplace(piece.name,
+                           at::from_blob(
+                               static_cast<std::byte*>(memory.get()) + piece.offset, piece.shape,
+                               [memory, user](void*) {}, options.dtype(piece.dtype)));
+  }
+}
+
+bool WeightStreamer::start_copy(std::size_t position, bool demand) {
   const int slot = static_cast<int>(issued_ % static_cast<std::uint64_t>(plan_.slots));
   const std::ptrdiff_t previous = slot_holds_[static_cast<std::size_t>(slot)];
   if (previous >= 0 && staged_[plan_.streamed[static_cast<std::size_t>(previous)]]->entered) {
@@ -280,14 +289,26 @@ void WeightStreamer::start_copy(std::size_t position) {
          blocks_[plan_.streamed[static_cast<std::size_t>(previous)]].name,
          blocks_[plan_.streamed[position]].name);
   }
+  if (!slot_users_[static_cast<std::size_t>(slot)].expired()) {
+    // Tensors of the slot's last block are still referenced after leave(): the copy would
+    // overwrite what they show. A prefetch waits for a later chance; a block that must be
+    // copied now cannot be.
+    if (!demand) return false;
+    fail(ErrorCode::InvalidArgument,
+         "tensors of block '{}' are still referenced after leave(): they would be overwritten by "
+         "block '{}'; drop them (or copy what must stay) before entering the next block",
+         blocks_[plan_.streamed[static_cast<std::size_t>(previous)]].name,
+         blocks_[plan_.streamed[position]].name);
+  }
   Staged& staged = *staged_[plan_.streamed[position]];
-  void* target = slot_memory_[static_cast<std::size_t>(slot)];
+  void* target = slot_memory_[static_cast<std::size_t>(slot)].get();
   backend_->copy(target, staged.host, staged.bytes, previous >= 0 ? slot : -1);
   backend_->copies_done(slot);
   slot_holds_[static_cast<std::size_t>(slot)] = static_cast<std::ptrdiff_t>(position);
   ++issued_;
   stats_.bytes_copied += staged.bytes;
   ++stats_.block_copies;
+  return true;
 }
 
 const std::map<std::string, at::Tensor>& WeightStreamer::enter(std::size_t block) {
@@ -304,24 +325,18 @@ const std::map<std::string, at::Tensor>& WeightStreamer::enter(std::size_t block
   }
   const auto held = std::find(slot_holds_.begin(), slot_holds_.end(), position);
   if (held == slot_holds_.end()) {
+    start_copy(static_cast<std::size_t>(position), true);
     ++stats_.demand_copies;
-    start_copy(static_cast<std::size_t>(position));
   } else {
     ++stats_.prefetched_hits;
   }
-  const int slot = static_cast<int>(std::find(slot_holds_.begin(), slot_holds_.end(), position) -
-                                    slot_holds_.begin());
-  backend_->compute_waits(slot);
+  const auto slot = static_cast<std::size_t>(
+      std::find(slot_holds_.begin(), slot_holds_.end(), position) - slot_holds_.begin());
+  backend_->compute_waits(static_cast<int>(slot));
+  auto user = std::make_shared<const int>(position);
+  make_tensors(staged, slot_memory_[slot], user);
+  slot_users_[slot] = user;
   staged.entered = true;
-  staged.tensors.clear();
-  std::byte* base = static_cast<std::byte*>(slot_memory_[static_cast<std::size_t>(slot)]);
-  for (const auto& piece : staged.pieces) {
-    staged.tensors.emplace(
-        piece.name,
-        at::from_blob(
-            base + piece.offset, piece.shape,
-            at::TensorOptions().dtype(piece.dtype).device(backend_->device().to_torch())));
-  }
   // Prefetch what follows, as far as the slots allow.
   for (int k = 0; k < prefetch_depth_; ++k) {
     const std::size_t ahead = (static_cast<std::size_t>(position) + 1 + k) % plan_.streamed.size();
@@ -329,7 +344,7 @@ const std::map<std::string, at::Tensor>& WeightStreamer::enter(std::size_t block
     if (std::find(slot_holds_.begin(), slot_holds_.end(), static_cast<std::ptrdiff_t>(ahead)) !=
         slot_holds_.end())
       continue;
-    start_copy(ahead);
+    if (!start_copy(ahead, false)) break;  // its slot is still in use: copy it when entered
   }
   return staged.tensors;
 }

@@ -82,11 +82,13 @@ class TensorSelection {
 };
 
 #ifdef APO_WITH_CUDA
-/// Codes and scales of a CUDA tensor for a scaled spec, without validation or synchronization
-/// (NaN stays NaN): for activations, which are not checked on every call.
+/// Codes and scales of a CUDA tensor for a scaled spec, without validation or synchronization:
+/// for activations, which are not checked on every call. A row (or, per tensor, the tensor)
+/// holding NaN or infinity gets a NaN scale and NaN codes, so what is computed from it comes out
+/// NaN rather than finite values from a clamped NaN.
 std::pair<at::Tensor, at::Tensor> quantize_unchecked_cuda(const at::Tensor& x, QuantSpec spec);
 
-/// The current CUDA stream of `device`, as a cudaStream_t.
+/// torch's current CUDA stream of `device`, as a cudaStream_t.
 void* current_cuda_stream(at::Device device);
 #endif
 

@@ -15,8 +15,8 @@
 
 #ifdef APO_WITH_CUDA
 #include <c10/core/DeviceGuard.h>
-#include <c10/core/impl/VirtualGuardImpl.h>
 
+#include "../core/cuda_context.hpp"
 #include "cuda_kernels.hpp"
 #endif
 
@@ -92,8 +92,7 @@ void check_quantizable(const at::Tensor& x, QuantSpec spec, std::string_view nam
 
 #ifdef APO_WITH_CUDA
 void* current_cuda_stream(at::Device device) {
-  const c10::impl::VirtualGuardImpl guard_impl(c10::DeviceType::CUDA);
-  return guard_impl.getStream(device).native_handle();
+  return apo::detail::torch_current_cuda_stream(device.has_index() ? device.index() : 0);
 }
 #endif
 
@@ -171,8 +170,10 @@ bool finite(float amax) {
   return amax <= FLT_MAX;
 }
 
+// The scale rule the CUDA kernels share (codec.hpp); NaN for a non-finite amax, which the CPU
+// paths reject.
 float scale_of(float amax, float max_value) {
-  return std::clamp(amax, kAmaxFloor, kAmaxCeiling) / max_value;
+  return detail::codec::scale_from_amax(amax, max_value, kAmaxFloor, kAmaxCeiling);
 }
 
 // max |x| of a contiguous CPU tensor; +infinity if it holds NaN or infinity.
@@ -297,21 +298,20 @@ void cpu_decode(const QTensor& q, std::int64_t row_begin, std::int64_t row_end, 
 }
 
 #ifdef APO_WITH_CUDA
-void check_cuda(const char* error, std::string_view what, std::string_view name) {
-  if (error != nullptr) fail_tensor(ErrorCode::Internal, name, "CUDA {} failed: {}", what, error);
+void check_cuda(const std::string& error, std::string_view name) {
+  if (!error.empty()) fail_tensor(ErrorCode::Internal, name, "CUDA: {}", error);
 }
 
-// amax per row ([rows]) or of the whole tensor ([1]), on the device; +infinity marks NaN/inf.
+// amax per scaling row ([rows]) or of the whole tensor ([1]), on the device; +infinity marks
+// NaN/inf.
 at::Tensor cuda_amax(const at::Tensor& x, bool per_row, std::string_view name) {
-  const std::int64_t rows = scaling_rows(x.sizes());
-  const std::int64_t segment = per_row ? x.numel() / rows : std::int64_t{1} << 16;
-  const std::int64_t segments = (x.numel() + segment - 1) / segment;
-  at::Tensor amax = at::empty({segments}, x.options().dtype(at::kFloat));
-  check_cuda(cuda::segment_amax(x.const_data_ptr(), detail::elem_of(x.scalar_type(), name),
-                                x.numel(), segment, amax.mutable_data_ptr<float>(),
-                                detail::current_cuda_stream(x.device())),
-             "amax", name);
-  return per_row ? amax : amax.max().reshape({1});
+  const std::int64_t rows = per_row ? scaling_rows(x.sizes()) : 1;
+  at::Tensor amax = at::empty({rows}, x.options().dtype(at::kFloat));
+  check_cuda(
+      cuda::amax(x.const_data_ptr(), detail::elem_of(x.scalar_type(), name), rows, x.numel() / rows,
+                 amax.mutable_data_ptr<float>(), detail::current_cuda_stream(x.device())),
+      name);
+  return amax;
 }
 
 // Scales from amax on the device. The divisor is a device tensor, not a scalar: ATen's CUDA
@@ -321,36 +321,40 @@ at::Tensor scales_from_amax(const at::Tensor& amax, QFormat format) {
                  at::full({1}, traits(format).max_value, amax.options()));
 }
 
-// Codes and scales on the device; checks for NaN/inf (one synchronization) when `checked`.
+// Codes and scales on the device. `checked`: NaN/inf is an error (one synchronization);
+// otherwise a row holding them gets a NaN scale and NaN codes (the encode kernel's rule).
 std::pair<at::Tensor, at::Tensor> cuda_quantize(const at::Tensor& x, QuantSpec spec, bool checked,
                                                 std::string_view name) {
   const c10::DeviceGuard guard(x.device());
   const bool per_row = spec.scaling == Scaling::per_row;
+  const std::int64_t rows = per_row ? scaling_rows(x.sizes()) : 1;
   const at::Tensor amax = cuda_amax(x, per_row, name);
   if (checked && !finite(amax.max().item<float>())) fail_nonfinite(x, name);
-  const at::Tensor scales = scales_from_amax(amax, spec.format);
+  at::Tensor scales = at::empty({rows}, x.options().dtype(at::kFloat));
   at::Tensor codes =
       at::empty(x.sizes(), x.options().dtype(storage_dtype(spec.format, x.scalar_type())));
-  const std::int64_t rows = scaling_rows(x.sizes());
-  check_cuda(cuda::encode(x.const_data_ptr(), detail::elem_of(x.scalar_type(), name), x.numel(),
-                          x.numel() / rows, scales.const_data_ptr<float>(), per_row,
-                          detail::code_of(spec.format), codes.mutable_data_ptr(),
-                          detail::current_cuda_stream(x.device())),
-             "encode", name);
+  check_cuda(cuda::encode(x.const_data_ptr(), detail::elem_of(x.scalar_type(), name), rows,
+                          x.numel() / rows, amax.const_data_ptr<float>(), kAmaxFloor, kAmaxCeiling,
+                          detail::code_of(spec.format), scales.mutable_data_ptr<float>(),
+                          codes.mutable_data_ptr(), detail::current_cuda_stream(x.device())),
+             name);
   return {codes, scales};
 }
 
 void cuda_decode(const QTensor& q, std::int64_t row_begin, std::int64_t row_end, at::Tensor& out) {
   const c10::DeviceGuard guard(q.device());
   const std::int64_t length = q.row_length();
+  const std::int64_t rows = row_end - row_begin;
+  const bool per_row = q.scaling() == Scaling::per_row;
   const auto* codes =
       static_cast<const std::uint8_t*>(q.data().const_data_ptr()) + row_begin * length;
-  check_cuda(
-      cuda::decode(codes, detail::code_of(q.format()), (row_end - row_begin) * length, length,
-                   row_begin, q.scales().const_data_ptr<float>(), q.scaling() == Scaling::per_row,
-                   out.mutable_data_ptr(), detail::elem_of(out.scalar_type(), q.name()),
-                   detail::current_cuda_stream(q.device())),
-      "decode", q.name());
+  const float* scales = q.scales().const_data_ptr<float>() + (per_row ? row_begin : 0);
+  // Per tensor, the rows are one run of elements with one scale.
+  check_cuda(cuda::decode(codes, detail::code_of(q.format()), per_row ? rows : 1,
+                          per_row ? length : rows * length, scales, out.mutable_data_ptr(),
+                          detail::elem_of(out.scalar_type(), q.name()),
+                          detail::current_cuda_stream(q.device())),
+             q.name());
 }
 #endif
 

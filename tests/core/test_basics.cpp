@@ -1,3 +1,6 @@
+#include <ATen/Context.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
 #include "apo_catch.hpp"
 
 #include <chrono>
@@ -113,4 +116,15 @@ TEST_CASE("the probe finds the GPU and apo's kernels run on it", "[probe][gpu]")
   CHECK(machine.nvml_status == "ok");
   CHECK(machine.cuda_devices[0].telemetry.temperature_c.has_value());
   CHECK(machine.cuda_devices[0].telemetry.power_w.has_value());
+}
+
+TEST_CASE("the probe leaves the current CUDA device as it was", "[probe][gpu]") {
+  REQUIRE(at::hasCUDA());
+  // The query makes each device current only for the kernel check, and gives the caller's back.
+  const c10::impl::VirtualGuardImpl guard(c10::DeviceType::CUDA);
+  const int last = static_cast<int>(guard.deviceCount()) - 1;
+  const c10::Device before = guard.exchangeDevice(c10::Device(c10::DeviceType::CUDA, last));
+  (void)apo::probe_machine({.run_kernel_check = true});
+  CHECK(guard.getDevice().index() == last);
+  guard.setDevice(before);
 }

@@ -5,6 +5,7 @@
 #include <vector>
 
 #include <ATen/ATen.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
 #include <fmt/format.h>
 
 #include "apo/core/error.hpp"
@@ -196,6 +197,62 @@ TEST_CASE("entering out of order copies on demand; misuse is an error", "[stream
                   apo::Error);
 }
 
+TEST_CASE("the streamer's tensors hold their memory, also after the streamer is gone",
+          "[streaming]") {
+  std::vector<std::pair<std::string, std::int64_t>> order;
+  const auto weights = make_weights(3, order);
+  const auto blocks = group_into_blocks(order);
+  StreamingPlan plan;
+  plan.resident = {0};
+  plan.streamed = {1, 2, 3};
+  plan.slots = 2;
+  at::Tensor resident;
+  {
+    WeightStreamer streamer(weights, blocks, plan, apo::Device::cpu(),
+                            StreamingMemory::plain(apo::Device::cpu()));
+    resident = streamer.enter(0).at("patch_embedding.weight");
+    streamer.leave(0);
+  }
+  // The streamer and its memory resources are gone; the tensor keeps its buffer.
+  CHECK(at::equal(resident, weights.at("patch_embedding.weight")));
+}
+
+TEST_CASE("a slot is not refilled while tensors of its last block are still held", "[streaming]") {
+  std::vector<std::pair<std::string, std::int64_t>> order;
+  const auto weights = make_weights(4, order);
+  const auto blocks = group_into_blocks(order);
+  StreamingPlan plan;
+  plan.resident = {0};
+  plan.streamed = {1, 2, 3, 4};
+  plan.slots = 2;
+  std::vector<std::string> log;
+  WeightStreamer streamer(weights, blocks, plan, std::make_unique<RecordingBackend>(log),
+                          StreamingMemory::plain(apo::Device::cpu()));
+  const std::string name = "blocks.0.attn.qkv.weight";  // block 1, in slot 0
+  at::Tensor kept = streamer.enter(1).at(name);
+  streamer.leave(1);
+  // Entering block 2 (slot 1, prefetched) would prefetch block 3 into slot 0, which `kept`
+  // still shows: the prefetch waits.
+  streamer.enter(2);
+  CHECK(streamer.stats().block_copies == 3);  // the resident block, blocks 1 and 2
+  CHECK(at::equal(kept, weights.at(name)));
+  streamer.leave(2);
+  // Block 3 must now be copied into slot 0: an error naming the block whose tensors are held.
+  try {
+    streamer.enter(3);
+    FAIL("no error");
+  } catch (const apo::Error& e) {
+    CHECK(e.code() == apo::ErrorCode::InvalidArgument);
+    CHECK_THAT(e.what(), Catch::Contains("block 'blocks.0'") && Catch::Contains("blocks.2"));
+  }
+  CHECK(at::equal(kept, weights.at(name)));
+  kept = at::Tensor();  // dropped: the slot is free again
+  const auto& w = streamer.enter(3);
+  CHECK(at::equal(w.at("blocks.2.ffn.0.weight"), weights.at("blocks.2.ffn.0.weight")));
+  CHECK(streamer.stats().demand_copies == 1);
+  streamer.leave(3);
+}
+
 TEST_CASE("streaming to a CUDA device computes what the host computes", "[streaming][gpu]") {
   std::vector<std::pair<std::string, std::int64_t>> order;
   const auto weights = make_weights(8, order);
@@ -217,4 +274,41 @@ TEST_CASE("streaming to a CUDA device computes what the host computes", "[stream
     }
   }
   CHECK(streamer.stats().demand_copies == 0);
+}
+
+TEST_CASE("streaming to CUDA follows torch's current stream", "[streaming][gpu]") {
+  // The model runs on a stream from torch's pool, made current after the streamer exists: the
+  // streamer's waits and releases must follow it, not a stream fixed at construction.
+  std::vector<std::pair<std::string, std::int64_t>> order;
+  const auto weights = make_weights(8, order);
+  const auto blocks = group_into_blocks(order);
+  std::int64_t total = 0;
+  for (const auto& b : blocks) total += b.bytes;
+  const auto plan = plan_weight_streaming(blocks, total / 3, 1);
+  REQUIRE_FALSE(plan.streamed.empty());
+  WeightStreamer streamer(weights, blocks, plan, apo::Device::cuda(0),
+                          StreamingMemory::plain(apo::Device::cuda(0)));
+  const c10::impl::VirtualGuardImpl guard(c10::DeviceType::CUDA);
+  const c10::Device gpu(c10::DeviceType::CUDA, 0);
+  const c10::Stream side = guard.getStreamFromGlobalPool(gpu);
+  const c10::Stream previous = guard.exchangeStream(side);
+  const at::Tensor x = at::randn({4, 32});
+  const at::Tensor x_gpu = x.to(gpu);
+  std::vector<at::Tensor> results;
+  for (int pass = 0; pass < 3; ++pass) {
+    for (std::size_t b = 1; b < blocks.size(); ++b) {
+      const std::string name = blocks[b].name + ".attn.qkv.weight";
+      results.push_back(at::matmul(x_gpu, streamer.enter(b).at(name).t()));
+      streamer.leave(b);
+    }
+  }
+  guard.exchangeStream(previous);
+  std::size_t i = 0;
+  for (int pass = 0; pass < 3; ++pass) {
+    for (std::size_t b = 1; b < blocks.size(); ++b, ++i) {
+      const std::string name = blocks[b].name + ".attn.qkv.weight";
+      INFO("pass " << pass << ", " << name);
+      CHECK(at::allclose(results[i].cpu(), at::matmul(x, weights.at(name).t()), 1e-4, 1e-5));
+    }
+  }
 }

@@ -1,7 +1,8 @@
 // The CUDA kernels against the CPU kernels (themselves bit-exact with PyTorch), qlinear's CUDA
 // paths against dequantize-then-linear, and the torch operators on CUDA tensors. Tagged [gpu]:
-// ctest leaves them out; benchmarks/gpu/run.sh runs them on a GPU machine. Each REQUIREs a CUDA
-// device, so it fails rather than passes where there is none.
+// without a CUDA device ctest reports them skipped; benchmarks/gpu/run.sh runs them on a GPU
+// machine. Each REQUIREs a CUDA device, so run by hand it fails rather than passes where there is
+// none. The kernels' arithmetic and work split also run on the CPU in test_codec.cpp.
 
 #include <ATen/ATen.h>
 #include <ATen/Context.h>
@@ -9,7 +10,9 @@
 
 #include "apo_catch.hpp"
 
+#include <limits>
 #include <string>
+#include <utility>
 
 #include "apo/core/error.hpp"
 #include "apo/core/machine.hpp"
@@ -160,4 +163,65 @@ TEST_CASE("the torch operators run on CUDA tensors", "[quant][gpu]") {
   const at::Tensor x = at::randn({16, 128}).to(kGpu);
   const at::Tensor y = qlinear.call(x, codes, scale, "fp8_e4m3", std::nullopt);
   CHECK(relative_gap(y, at::linear(x, reference.dequantize().to(kGpu))) <= 0.08);
+}
+
+TEST_CASE("CUDA kernels match the CPU kernels on long rows, one row and unaligned pointers",
+          "[quant][gpu]") {
+  REQUIRE(at::hasCUDA());
+  // Few long rows are split across warps; rows of whole 16-element groups take the 16-byte
+  // path; a view one element in takes the element path.
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(11);
+  for (auto [rows, length] : {std::pair<std::int64_t, std::int64_t>{3, 1 << 20},
+                              {1, (1 << 22) + 3},
+                              {4096, 4096},
+                              {777, 48}}) {
+    const at::Tensor base = at::randn({rows, length}, gen);
+    for (at::ScalarType dtype : {at::kFloat, at::kBFloat16}) {
+      const at::Tensor padded = at::cat({at::zeros({1}), base.flatten()}).to(dtype).to(kGpu);
+      for (bool aligned : {true, false}) {
+        const at::Tensor x = aligned ? base.to(dtype).to(kGpu)
+                                     : padded.narrow(0, 1, base.numel()).view(base.sizes());
+        for (q::QuantSpec spec : kScaledSpecs) {
+          const q::QTensor cpu = q::quantize(x.cpu(), spec, "w");
+          const q::QTensor gpu = q::quantize(x, spec, "w");
+          const auto codes = q::test::bit_diff(gpu.data().cpu(), cpu.data());
+          const auto scales = q::test::bit_diff(gpu.scales().cpu(), cpu.scales());
+          const auto values = q::test::bit_diff(gpu.dequantize().cpu(), cpu.dequantize());
+          INFO(rows << " x " << length << " " << c10::toString(dtype) << " " << q::to_string(spec)
+                    << (aligned ? "" : " unaligned") << ": codes " << codes.text << "; scales "
+                    << scales.text << "; values " << values.text);
+          CHECK(codes.mismatches == 0);
+          CHECK(scales.mismatches == 0);
+          CHECK(values.mismatches == 0);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("qlinear through _scaled_mm gives NaN rows for activations holding NaN", "[quant][gpu]") {
+  REQUIRE(at::hasCUDA());
+  const int capability = gpu_compute_capability();
+  if (capability < 89) {
+    WARN("sm " << capability << " has no fp8 GEMM: the _scaled_mm path does not run here");
+    return;
+  }
+  const q::QTensor w =
+      q::quantize(at::randn({256, 512}).to(kGpu), {QFormat::fp8_e4m3, Scaling::per_tensor}, "w");
+  at::Tensor x = at::randn({32, 512}).to(at::kBFloat16);
+  x[5][100] = std::numeric_limits<float>::quiet_NaN();
+  const at::Tensor x_gpu = x.to(kGpu);
+  REQUIRE(q::plan_qlinear(x_gpu, w).path == q::QLinearPath::cuda_scaled_mm);
+  const at::Tensor y = q::qlinear(x_gpu, w).cpu();
+  // One scale for the whole activation: NaN anywhere makes the whole result NaN, never finite
+  // values computed from a clamped NaN.
+  CHECK(y.isnan().all().item<bool>());
+  if (capability >= 90) {
+    const q::QTensor rowwise =
+        q::quantize(at::randn({256, 512}).to(kGpu), {QFormat::fp8_e4m3, Scaling::per_row}, "w");
+    const at::Tensor y_rows = q::qlinear(x_gpu, rowwise).cpu();
+    CHECK(y_rows[5].isnan().all().item<bool>());
+    CHECK_FALSE(y_rows.narrow(0, 0, 5).isnan().any().item<bool>());
+    CHECK_FALSE(y_rows.narrow(0, 6, 26).isnan().any().item<bool>());
+  }
 }

@@ -37,6 +37,9 @@ struct CudaDeviceInfo {
   std::string name;
   std::string pci_bus_id;  ///< "0000:01:00.0"
   std::int64_t total_bytes = 0;
+  /// Free memory as NVML reports it; without NVML, the runtime's figure for the current device
+  /// and total_bytes (an upper bound) for the others, which are not asked because asking would
+  /// create a CUDA context on each.
   std::int64_t free_bytes = 0;
   int compute_capability_major = 0;
   int compute_capability_minor = 0;

@@ -63,8 +63,11 @@ struct PoolStats {
 /// std::bad_alloc), the pool releases its cache and asks once more before it throws
 /// OutOfMemory. Thread-safe under one mutex; the upstream is called under it.
 ///
-/// Device memory: the pool reuses freed blocks at once, so with a stream-ordered upstream all
-/// work on pool memory must run on (or synchronise with) that upstream's stream.
+/// Device memory: the pool reuses freed blocks at once, without events. Work queued on torch's
+/// current stream is safe (a block freed after its last use there is reused by work queued
+/// later on the same stream, and CudaDeviceResource orders its own allocations and frees on
+/// that stream too); memory used on another stream must be synchronised with the current one
+/// before it is deallocated, as with torch's caching allocator without record_stream.
 /// deallocate() of a pointer the pool did not hand out is caught for large blocks (the pool
 /// aborts with a message); small blocks trust the caller's size, as the contract allows.
 class CachingPool {

@@ -104,14 +104,19 @@ class TransferBackend {
 /// @brief Carries out a plan for one model on one device.
 ///
 /// Passes call enter(b) for the blocks in execution order, use the tensors it returns, then call
-/// leave(b) once the work using them has been enqueued. A streamed block's tensors are valid from
-/// enter until leave. Not thread-safe: one thread drives a model's passes.
+/// leave(b) once the work using them has been enqueued (on CUDA: on torch's current stream, or on
+/// the stream given at construction). A streamed block's tensors show its weights from enter
+/// until leave; after leave their slot is refilled with other blocks, and the streamer refills it
+/// only once no tensor of the block is left: a prefetch into it waits, and an enter that must
+/// copy into it throws InvalidArgument naming the block whose tensors are still held. Tensors
+/// hold the memory they show, so resident blocks' tensors stay valid after the streamer is gone.
+/// Not thread-safe: one thread drives a model's passes.
 class WeightStreamer {
  public:
   /// @param host_weights every weight of `blocks`, as CPU tensors
   /// @param memory where the slots, resident blocks and staging copies come from
-  /// @param compute_stream the CUDA stream that runs the model (a cudaStream_t; 0: the default
-  ///   stream); ignored on the CPU
+  /// @param compute_stream the CUDA stream that runs the model (a cudaStream_t); 0: torch's
+  ///   current stream of the device, read at each enter and leave; ignored on the CPU
   /// @throws apo::Error InvalidArgument (a weight missing or not on the CPU), OutOfMemory (from
   ///   the resources)
   WeightStreamer(const std::map<std::string, at::Tensor>& host_weights,
@@ -128,7 +133,9 @@ class WeightStreamer {
 
   /// @brief The block's weights on the device, by name. The compute stream waits for their copy;
   /// the next streamed blocks start copying.
-  /// @throws apo::Error InvalidArgument for a block out of range or one already entered
+  /// @throws apo::Error InvalidArgument for a block out of range or one already entered, or when
+  ///   the block must be copied into a slot whose last block's tensors are still referenced;
+  ///   Internal when its copy failed on the device
   const std::map<std::string, at::Tensor>& enter(std::size_t block);
   /// @brief The work using `block` has been enqueued; its slot may be refilled after it.
   void leave(std::size_t block);
@@ -139,8 +146,13 @@ class WeightStreamer {
 
  private:
   struct Staged;
-  void start_copy(std::size_t position);
-  void* allocate(memory::AnyResource& resource, std::int64_t bytes);
+  // Copies streamed block `position` into the next slot; false (nothing done) when the slot's
+  // last block still has tensors in use and `demand` is false, an error when it is true.
+  bool start_copy(std::size_t position, bool demand);
+  std::shared_ptr<void> allocate(memory::AnyResource& resource, std::int64_t bytes);
+  // The block's tensors on `memory`; `user` (slots only) lives as long as any of them.
+  void make_tensors(Staged& staged, const std::shared_ptr<void>& memory,
+                    const std::shared_ptr<const void>& user);
 
   std::vector<WeightBlock> blocks_;
   StreamingPlan plan_;
@@ -150,11 +162,12 @@ class WeightStreamer {
   std::vector<std::shared_ptr<void>> allocations_;
   std::unique_ptr<TransferBackend> backend_;
   int prefetch_depth_;
-  std::vector<std::unique_ptr<Staged>> staged_;  // per block
-  std::vector<int> position_of_;                 // block -> index in plan.streamed, or -1
-  std::vector<void*> slot_memory_;               // slot -> device memory
-  std::vector<std::ptrdiff_t> slot_holds_;       // slot -> position in plan.streamed, or -1
-  std::uint64_t issued_ = 0;                     // copies started into slots: picks the next slot
+  std::vector<std::unique_ptr<Staged>> staged_;        // per block
+  std::vector<int> position_of_;                       // block -> index in plan.streamed, or -1
+  std::vector<std::shared_ptr<void>> slot_memory_;     // slot -> device memory
+  std::vector<std::weak_ptr<const void>> slot_users_;  // slot -> its block's tensors in use
+  std::vector<std::ptrdiff_t> slot_holds_;             // slot -> position in plan.streamed, or -1
+  std::uint64_t issued_ = 0;  // copies started into slots: picks the next slot
   StreamingStats stats_;
 };
 
