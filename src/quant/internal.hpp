@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <memory>
 #include <regex>
 #include <string>
 #include <string_view>
@@ -70,7 +71,7 @@ class TensorSelection {
  private:
   struct Pattern {
     std::string text;
-    std::regex regex;
+    std::shared_ptr<const std::regex> regex;  ///< shared by every selection with this text
   };
   static std::vector<Pattern> compile(const std::vector<std::string>& patterns,
                                       std::string_view what);

@@ -8,6 +8,9 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <memory>
+#include <mutex>
+#include <unordered_map>
 
 #include <fmt/format.h>
 #include <nlohmann/json.hpp>
@@ -62,12 +65,30 @@ TensorSelection::TensorSelection(const QuantizationRules& rules)
       keep_patterns_(compile(rules.keep_patterns, "keep")),
       min_elements_(rules.min_elements) {}
 
+namespace {
+
+/// The compiled form of `text`, compiled once per process. Compiling under one lock also keeps
+/// std::regex's compiler off libstdc++'s locale caches (ctype<char>::narrow fills them without
+/// synchronization) from two threads at once: the model cache plans loads concurrently.
+std::shared_ptr<const std::regex> compiled_pattern(const std::string& text) {
+  static std::mutex mutex;
+  static std::unordered_map<std::string, std::shared_ptr<const std::regex>> compiled;
+  const std::lock_guard lock(mutex);
+  auto& slot = compiled[text];
+  if (!slot) {
+    slot = std::make_shared<const std::regex>(text, std::regex::ECMAScript | std::regex::optimize);
+  }
+  return slot;
+}
+
+}  // namespace
+
 std::vector<TensorSelection::Pattern> TensorSelection::compile(
     const std::vector<std::string>& patterns, std::string_view what) {
   std::vector<Pattern> compiled;
   for (const std::string& text : patterns) {
     try {
-      compiled.push_back({text, std::regex(text, std::regex::ECMAScript | std::regex::optimize)});
+      compiled.push_back({text, compiled_pattern(text)});
     } catch (const std::regex_error& e) {
       fail(ErrorCode::InvalidArgument, "{} pattern '{}' is not a valid regular expression: {}",
            what, text, e.what());
@@ -79,7 +100,7 @@ std::vector<TensorSelection::Pattern> TensorSelection::compile(
 const TensorSelection::Pattern* TensorSelection::first_match(const std::vector<Pattern>& patterns,
                                                              const std::string& name) {
   for (const Pattern& p : patterns) {
-    if (std::regex_search(name, p.regex)) return &p;
+    if (std::regex_search(name, *p.regex)) return &p;
   }
   return nullptr;
 }

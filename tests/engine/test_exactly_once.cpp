@@ -45,6 +45,7 @@ TEST_CASE("exactly one result per accepted request, under eight submitting threa
   std::map<RequestId, int> callbacks;  // id -> results seen through the callback
   std::vector<Ticket> tickets;
   std::atomic<int> refused{0};
+  std::atomic<int> refused_otherwise{0};  // refusals that are not InvalidArgument
   std::atomic<bool> submitting{true};
 
   // The fake clock moves while requests are in flight: batches fill, deadlines pass.
@@ -79,7 +80,8 @@ TEST_CASE("exactly one result per accepted request, under eight submitting threa
           const std::lock_guard lock(mutex);
           tickets.push_back(std::move(ticket));
         } catch (const apo::Error& e) {
-          CHECK(e.code() == apo::ErrorCode::InvalidArgument);
+          // Catch's assertions are not thread-safe: what the threads see is checked after.
+          if (e.code() != apo::ErrorCode::InvalidArgument) ++refused_otherwise;
           ++refused;
         }
         if (!mine.empty() && random() % 4 == 0) {
@@ -105,6 +107,7 @@ TEST_CASE("exactly one result per accepted request, under eight submitting threa
     CHECK(callbacks[ticket.id()] == 1);
     if (result.status != Status::ok) CHECK_FALSE(result.message.empty());
   }
+  CHECK(refused_otherwise == 0);
   CHECK(callbacks.size() == tickets.size());
   CHECK(static_cast<int>(tickets.size()) + refused == kThreads * kPerThread);
   INFO("ok " << by_status[Status::ok] << ", cancelled " << by_status[Status::cancelled]
