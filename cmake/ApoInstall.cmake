@@ -5,7 +5,11 @@ include(CMakePackageConfigHelpers)
 
 set(APO_INSTALL_CMAKEDIR "${CMAKE_INSTALL_LIBDIR}/cmake/apo")
 
-install(TARGETS apo apo_cli
+set(apo_installed_targets apo)
+if(APO_BUILD_CLI)
+  list(APPEND apo_installed_targets apo_cli)
+endif()
+install(TARGETS ${apo_installed_targets}
   EXPORT apoTargets
   LIBRARY DESTINATION "${CMAKE_INSTALL_LIBDIR}"
   ARCHIVE DESTINATION "${CMAKE_INSTALL_LIBDIR}"
