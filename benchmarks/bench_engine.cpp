@@ -6,14 +6,13 @@
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <map>
 #include <mutex>
 #include <optional>
 #include <random>
 #include <vector>
 
 #include <unistd.h>
-
-#include <map>
 
 #include <ATen/ATen.h>
 #include <ATen/CPUGeneratorImpl.h>
