@@ -20,6 +20,8 @@ class AnyEngine::Interface {
   virtual Ticket submit(Request request, Callbacks callbacks) = 0;
   virtual bool cancel(RequestId id) = 0;
   virtual void shutdown(ShutdownMode mode) = 0;
+  virtual void set_quality_controller(
+      std::shared_ptr<tune::AdaptiveQualityController> controller) = 0;
   virtual EngineStats stats() const = 0;
   virtual std::size_t device_count() const = 0;
   virtual Device device(std::size_t index) const = 0;
@@ -42,6 +44,10 @@ class AnyEngine::Holder final : public AnyEngine::Interface {
   }
   bool cancel(RequestId id) override { return engine_.cancel(id); }
   void shutdown(ShutdownMode mode) override { engine_.shutdown(mode); }
+  void set_quality_controller(
+      std::shared_ptr<tune::AdaptiveQualityController> controller) override {
+    engine_.set_quality_controller(std::move(controller));
+  }
   EngineStats stats() const override { return engine_.stats(); }
   std::size_t device_count() const override { return engine_.device_count(); }
   Device device(std::size_t index) const override { return engine_.device(index); }
@@ -112,6 +118,11 @@ Device AnyEngine::device(std::size_t index) const {
 memory::LedgerSnapshot AnyEngine::memory(std::size_t device) const {
   return impl_->memory(device);
 }
+void AnyEngine::set_quality_controller(
+    std::shared_ptr<tune::AdaptiveQualityController> controller) {
+  impl_->set_quality_controller(std::move(controller));
+}
+
 models::ModelCache& AnyEngine::models() {
   return impl_->models();
 }

@@ -27,6 +27,7 @@
 #include "apo/memory/host_resource.hpp"
 #include "apo/memory/memory_manager.hpp"
 #include "apo/memory/torch_allocator.hpp"
+#include "apo/tune/adaptive_quality.hpp"
 #include "apo/tune/presets.hpp"
 
 namespace apo::engine::detail {
@@ -59,12 +60,6 @@ struct DeviceState {
 
 Clock::duration since(const Clock& clock, Clock::time_point start) {
   return clock.now() - start;
-}
-
-Sampler sampler_of(const GenerationSettings& generation) {
-  if (generation.use_fast_scheduler) return Sampler::euler_ancestral;
-  if (generation.use_high_quality_scheduler) return Sampler::ddim;
-  return Sampler::euler;
 }
 
 std::string describe_limit(batch::BatchLimit limit) {
@@ -111,6 +106,8 @@ struct EngineCore::State final : RunControl {
   std::vector<memory::CleanupRegistration> cleanups;
   WorkflowRegistry workflows;
   std::array<GenerationSettings, 3> generation;  // by QualityLevel
+  std::mutex controller_mutex;
+  std::shared_ptr<tune::AdaptiveQualityController> controller;  // optional
   std::size_t workers_per_device = 1;
   std::atomic<RequestId> next_id{1};
 
@@ -342,11 +339,12 @@ EngineCore::Accepted EngineCore::accept(Request& request, Callbacks callbacks) {
                 "submit");
   }
   request.id = s.next_id.fetch_add(1);
-  // Sampling the request leaves unset comes from its quality level.
-  const GenerationSettings& generation = s.generation[static_cast<std::size_t>(request.quality)];
-  if (!request.steps) request.steps = generation.num_inference_steps;
-  if (!request.guidance) request.guidance = generation.guidance_scale;
-  if (!request.sampler) request.sampler = sampler_of(generation);
+  // Sampling the request leaves unset comes from the workflow and the request's quality level,
+  // as the adaptive quality controller (when on) has adjusted it.
+  GenerationSettings level = s.generation[static_cast<std::size_t>(request.quality)];
+  if (const auto controller = quality_controller()) controller->settings().apply_to(level);
+  workflow->resolve(request, level);
+  fill_sampling(request, level);
   validate(request);
   workflow->check(request);
   request.memory_estimate_bytes = workflow->memory_estimate(request);
@@ -610,6 +608,10 @@ std::vector<Result> EngineCore::State::execute(std::size_t index, std::span<cons
                                     std::filesystem::path(lease->path()).filename().string(),
                                     lease.storage_reason()));
     }
+    for (const models::LoraRequest& lora : requests.front().loras) {
+      storage.push_back(fmt::format("LoRA {} merged at strength {}", lora.path.filename().string(),
+                                    lora.strength));
+    }
     for (std::size_t i = 0; i < requests.size(); ++i) {
       Result result;
       result.id = requests[i].id;
@@ -629,6 +631,21 @@ std::vector<Result> EngineCore::State::execute(std::size_t index, std::span<cons
       result.decisions.reasons = reasons;
       for (const std::string& line : storage) result.decisions.reasons.push_back(line);
       results.push_back(std::move(result));
+    }
+    // The controller learns each generation's own time: the batch's compute over its size.
+    std::shared_ptr<tune::AdaptiveQualityController> controller;
+    {
+      const std::lock_guard lock(controller_mutex);
+      controller = this->controller;
+    }
+    // (A batch that took no measurable time on the engine's clock tells it nothing.)
+    const Clock::duration compute = context.stage_time(Stage::encode) +
+                                    context.stage_time(Stage::denoise) +
+                                    context.stage_time(Stage::decode);
+    if (controller && compute > Clock::duration::zero()) {
+      const double per_request_s =
+          std::chrono::duration<double>(compute).count() / static_cast<double>(requests.size());
+      for (const Result& result : results) controller->observe(per_request_s, result.quality);
     }
   } catch (const c10::OutOfMemoryError& e) {
     failure = Failure{Status::out_of_memory, e.what_without_backtrace()};
@@ -697,12 +714,33 @@ std::vector<Result> EngineCore::State::execute(std::size_t index, std::span<cons
   return results;
 }
 
+void EngineCore::set_quality_controller(
+    std::shared_ptr<tune::AdaptiveQualityController> controller) {
+  const std::lock_guard lock(state_->controller_mutex);
+  state_->controller = std::move(controller);
+}
+
+std::shared_ptr<tune::AdaptiveQualityController> EngineCore::quality_controller() const {
+  const std::lock_guard lock(state_->controller_mutex);
+  return state_->controller;
+}
+
 }  // namespace apo::engine::detail
 
 namespace apo::engine {
 
 // ---------------------------------------------------------------------------------------------
 // Context and the registry
+
+void fill_sampling(Request& request, const GenerationSettings& level) {
+  if (!request.steps) request.steps = level.num_inference_steps;
+  if (!request.guidance) request.guidance = level.guidance_scale;
+  if (!request.sampler) {
+    request.sampler = level.use_fast_scheduler           ? Sampler::euler_ancestral
+                      : level.use_high_quality_scheduler ? Sampler::ddim
+                                                         : Sampler::euler;
+  }
+}
 
 Context::Context(Setup setup, std::span<const Request> requests, detail::RunControl& control)
     : setup_(std::move(setup)),

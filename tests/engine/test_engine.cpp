@@ -17,6 +17,7 @@
 #include "apo/core/error.hpp"
 #include "apo/engine/any_engine.hpp"
 #include "apo/engine/workflow_engine.hpp"
+#include "apo/tune/adaptive_quality.hpp"
 #include "engine_test_support.hpp"
 
 using apo::FakeClock;
@@ -474,4 +475,47 @@ TEST_CASE("workers run pinned to system_optimization.cpu_affinity with max_cpu_t
   CHECK(probe->cores_seen == 1);
   CHECK(probe->first_core_set);
   CHECK(probe->threads_seen == 1);
+}
+
+TEST_CASE("with adaptive quality on, results steer the sampling of later requests", "[engine]") {
+  Fixture f;
+  // The real clock: the controller learns from the time requests take.
+  Engine engine(engine_config(64_MiB, f.dir.path), apo::SteadyClock::instance(), cpu_machine());
+  engine.add_workflow(std::make_shared<TestWorkflow>(f.workflow()));
+  apo::tune::QualitySettings start;
+  start.num_inference_steps = 20;
+  start.guidance_scale = 6.0;
+  apo::tune::AdaptiveQualityOptions options;
+  options.target_time_s = 60.0;  // every request takes milliseconds: "fast"
+  auto controller = std::make_shared<apo::tune::AdaptiveQualityController>(start, options);
+  engine.set_quality_controller(controller);
+
+  auto unset = [](std::uint64_t seed) {
+    Request r = request("a red circle", seed);
+    r.steps.reset();
+    r.guidance.reset();
+    return r;
+  };
+  for (std::uint64_t seed = 0; seed < static_cast<std::uint64_t>(options.confirmations); ++seed) {
+    const Result result = result_of(engine.submit(unset(seed)));
+    INFO(result.message);
+    REQUIRE(result.ok());
+  }
+  const auto history = controller->history();
+  REQUIRE(history.size() == static_cast<std::size_t>(options.confirmations));
+  CHECK(history.back().action == apo::tune::QualityAction::increase_if_possible);
+  const apo::tune::QualitySettings now = controller->settings();
+  CHECK(now.num_inference_steps > start.num_inference_steps);
+
+  // A request that leaves its sampling unset now runs with the controller's settings: its
+  // picture is the one of a request that asks for them.
+  const Result adapted = result_of(engine.submit(unset(42)));
+  Request explicit_request = request("a red circle", 42);
+  explicit_request.steps = now.num_inference_steps;
+  explicit_request.guidance = now.guidance_scale;
+  engine.set_quality_controller(nullptr);
+  const Result asked = result_of(engine.submit(explicit_request));
+  REQUIRE(adapted.ok());
+  REQUIRE(asked.ok());
+  CHECK(at::equal(adapted.outputs.at("image"), asked.outputs.at("image")));
 }

@@ -44,6 +44,7 @@ class AnyEngine {
   Ticket submit(Request request, Callbacks callbacks = {});
   bool cancel(RequestId id);
   void shutdown(ShutdownMode mode = ShutdownMode::drain);
+  void set_quality_controller(std::shared_ptr<tune::AdaptiveQualityController> controller);
   EngineStats stats() const;
   std::size_t device_count() const;
   Device device(std::size_t index) const;

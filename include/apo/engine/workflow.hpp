@@ -17,6 +17,7 @@
 #include <vector>
 
 #include "apo/core/clock.hpp"
+#include "apo/core/config.hpp"
 #include "apo/core/device.hpp"
 #include "apo/engine/result.hpp"
 #include "apo/memory/resource.hpp"
@@ -35,6 +36,10 @@ struct ModelNeed {
 
 class Context;
 
+/// @brief Fills the sampling a request leaves unset (steps, guidance, sampler) from the
+/// generation settings of its quality level: what Workflow::resolve does by default.
+void fill_sampling(Request& request, const GenerationSettings& level);
+
 /// @brief A generation pipeline the engine can run.
 ///
 /// Contract:
@@ -46,6 +51,10 @@ class Context;
 ///   models (activations, latents, decoder buffers), in bytes: the engine, not the caller,
 ///   sizes batches and admits requests by it. An estimate below the truth costs an
 ///   out-of-memory retry; above it, smaller batches.
+/// - `resolve(request, level)` runs at submit, first: it fills what the request leaves unset
+///   (steps, guidance, sampler) from the workflow's own configuration and `level`, the
+///   generation settings of the request's quality level, and may add what its settings call
+///   for (a lightning LoRA). Values the caller set are kept. By default: fill_sampling.
 /// - `check(request)` throws Error(InvalidArgument) for a request it cannot run (a missing input
 ///   image, an input of the wrong size); the engine calls it at submit.
 /// - `run(batch, context)` produces one Outputs per request, in order, with CPU tensors. It
@@ -61,6 +70,9 @@ class Workflow {
   virtual std::string name() const = 0;
   virtual std::vector<ModelNeed> models(const Request& request) const = 0;
   virtual std::int64_t memory_estimate(const Request& request) const = 0;
+  virtual void resolve(Request& request, const GenerationSettings& level) const {
+    fill_sampling(request, level);
+  }
   virtual void check(const Request& /*request*/) const {}
   virtual std::vector<Outputs> run(std::span<const Request> batch, Context& context) = 0;
 };

@@ -244,6 +244,14 @@ class WorkflowEngine {
     shut_down_ = true;
   }
 
+  /// @brief Turns adaptive quality on: requests that leave their sampling unset take it from the
+  /// controller's current settings (over their quality level's), and every result is reported
+  /// to it (its compute time per request and its judged quality). nullptr turns it off.
+  /// Thread-safe; requests already accepted keep the sampling they were given.
+  void set_quality_controller(std::shared_ptr<tune::AdaptiveQualityController> controller) {
+    core_.set_quality_controller(std::move(controller));
+  }
+
   EngineStats stats() const { return core_.stats(); }
   std::size_t device_count() const noexcept { return placement_.device_count(); }
   Device device(std::size_t index) const { return placement_.device(index); }

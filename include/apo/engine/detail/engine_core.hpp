@@ -22,6 +22,10 @@
 #include "apo/memory/ledger.hpp"
 #include "apo/models/model_cache.hpp"
 
+namespace apo::tune {
+class AdaptiveQualityController;
+}  // namespace apo::tune
+
 namespace apo::engine::detail {
 
 /// @brief A device's activation pool, as the compiled half sees it.
@@ -95,6 +99,10 @@ class EngineCore {
   std::size_t workers_per_device() const noexcept;
 
   EngineStats stats() const;
+
+  /// @brief Turns adaptive quality on (a controller) or off (nullptr); see WorkflowEngine.
+  void set_quality_controller(std::shared_ptr<tune::AdaptiveQualityController> controller);
+  std::shared_ptr<tune::AdaptiveQualityController> quality_controller() const;
 
  private:
   struct State;
