@@ -3,8 +3,12 @@
 
 #include "apo/memory/torch_allocator.hpp"
 
+#include <atomic>
 #include <cstring>
 #include <limits>
+#include <mutex>
+#include <optional>
+#include <unordered_map>
 
 #include <ATen/DeviceAccelerator.h>
 #include <c10/core/Storage.h>
@@ -24,18 +28,51 @@ c10::Device device_of(const MemorySpace& space) {
   return space.kind == MemoryKind::device ? space.device.to_torch() : c10::Device(c10::kCPU);
 }
 
-// The context of a pooled DataPtr: a share of the resource, so that it outlives the block.
+// A pooled block's owner: a share of the resource, so that it outlives the block.
 struct PooledBlock {
   AnyResource resource;
-  void* ptr;
   std::int64_t bytes;
   std::int64_t alignment;
 };
 
-void return_block(void* context) {
-  auto* block = static_cast<PooledBlock*>(context);
-  block->resource.deallocate(block->ptr, block->bytes, block->alignment);
-  delete block;
+// Pooled blocks by address. A pooled DataPtr's context is its data pointer, as torch requires of
+// a "simple" DataPtr: Allocator::raw_allocate asserts it, and raw_deallocate frees through
+// raw_deleter() with the pointer alone, so the owner is looked up here. Never destroyed: storages
+// may be freed during exit.
+struct PooledBlocks {
+  std::mutex mutex;
+  std::unordered_map<void*, PooledBlock> blocks;
+};
+
+PooledBlocks& pooled_blocks() {
+  static auto* const blocks = new PooledBlocks;
+  return *blocks;
+}
+
+// What freed a pointer that was not pooled: the raw deleter of the allocator apo's CPU
+// allocator replaced.
+std::atomic<c10::DeleterFnPtr> fallback_raw_deleter{nullptr};
+
+// Pooled blocks alive: while there are none, freeing skips the table.
+std::atomic<std::int64_t> pooled_count{0};
+
+void return_block(void* ptr) {
+  std::optional<PooledBlock> block;
+  if (pooled_count.load(std::memory_order_acquire) > 0) {
+    PooledBlocks& pooled = pooled_blocks();
+    const std::lock_guard lock(pooled.mutex);
+    const auto it = pooled.blocks.find(ptr);
+    if (it != pooled.blocks.end()) {
+      block = std::move(it->second);
+      pooled.blocks.erase(it);
+      pooled_count.fetch_sub(1, std::memory_order_release);
+    }
+  }
+  if (block) {
+    block->resource.deallocate(ptr, block->bytes, block->alignment);
+  } else if (const c10::DeleterFnPtr fallback = fallback_raw_deleter.load()) {
+    fallback(ptr);
+  }
 }
 
 // Installed once as torch's CPU allocator: serves the calling thread's innermost scope, or
@@ -47,13 +84,23 @@ class ScopedCpuAllocator final : public c10::Allocator {
 
   c10::DataPtr allocate(std::size_t bytes) override {
     if (PoolAllocator* scope = current) return scope->allocate(bytes);
-    return fallback_->allocate(bytes);
+    c10::DataPtr data = fallback_->allocate(bytes);
+    // Every simple DataPtr carries raw_deleter(), as torch's Allocator contract says.
+    if (data.get() != nullptr && data.get() == data.get_context() &&
+        data.get_deleter() == fallback_raw_deleter.load()) {
+      const c10::Device device = data.device();
+      void* ptr = data.release_context();
+      return c10::DataPtr(ptr, ptr, &return_block, device);
+    }
+    return data;
   }
   void copy_data(void* destination, const void* source, std::size_t bytes) const override {
     if (bytes != 0) std::memcpy(destination, source, bytes);
   }
-  // Outside scopes every DataPtr is the fallback's, so its raw deleter stays valid there.
-  c10::DeleterFnPtr raw_deleter() const override { return fallback_->raw_deleter(); }
+  // Frees pooled pointers into their pool and every other one through the fallback's.
+  c10::DeleterFnPtr raw_deleter() const override {
+    return fallback_->raw_deleter() != nullptr ? &return_block : nullptr;
+  }
 
   static inline thread_local PoolAllocator* current = nullptr;  // the innermost scope's
 
@@ -63,7 +110,9 @@ class ScopedCpuAllocator final : public c10::Allocator {
 
 void install_scoped_cpu_allocator() {
   static ScopedCpuAllocator* const installed = [] {
-    auto* allocator = new ScopedCpuAllocator(c10::GetAllocator(c10::DeviceType::CPU));
+    c10::Allocator* fallback = c10::GetAllocator(c10::DeviceType::CPU);
+    fallback_raw_deleter.store(fallback->raw_deleter());
+    auto* allocator = new ScopedCpuAllocator(fallback);
     c10::SetAllocator(c10::DeviceType::CPU, allocator, std::numeric_limits<std::uint8_t>::max());
     return allocator;
   }();
@@ -88,14 +137,16 @@ c10::DataPtr PoolAllocator::allocate(std::size_t bytes) {
   const auto size = static_cast<std::int64_t>(bytes);
   void* ptr = resource_.allocate(size, alignment_);
   if (ptr == nullptr) return c10::DataPtr(nullptr, device_);
-  PooledBlock* block = nullptr;
   try {
-    block = new PooledBlock{resource_, ptr, size, alignment_};
+    PooledBlocks& pooled = pooled_blocks();
+    const std::lock_guard lock(pooled.mutex);
+    pooled.blocks.emplace(ptr, PooledBlock{resource_, size, alignment_});
+    pooled_count.fetch_add(1, std::memory_order_release);
   } catch (...) {
     resource_.deallocate(ptr, size, alignment_);
     throw;
   }
-  return c10::DataPtr(ptr, block, &return_block, device_);
+  return c10::DataPtr(ptr, ptr, &return_block, device_);
 }
 
 void PoolAllocator::copy_data(void* destination, const void* source, std::size_t bytes) const {

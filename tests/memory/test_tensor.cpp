@@ -184,6 +184,37 @@ TEST_CASE("CpuAllocationScope serves torch's CPU allocations on its thread", "[m
   CHECK(inner_pool->stats().live_allocations == 0);
 }
 
+TEST_CASE("torch's raw allocations work inside and across a CpuAllocationScope",
+          "[memory][tensor]") {
+  // Some ATen kernels take scratch through Allocator::raw_allocate, which needs a DataPtr whose
+  // context is its data, and free it through raw_deleter() with the pointer alone.
+  auto pool = std::make_shared<CachingPool>(HostResource{});
+  c10::Allocator* allocator = c10::GetAllocator(c10::DeviceType::CPU);
+  void* outside = nullptr;
+  {
+    CpuAllocationScope scope{AnyResource(pool)};
+    void* inside = allocator->raw_allocate(4096);
+    REQUIRE(inside != nullptr);
+    std::memset(inside, 1, 4096);
+    CHECK(pool->stats().live_allocations == 1);
+    allocator->raw_deallocate(inside);
+    CHECK(pool->stats().live_allocations == 0);
+    // Made in the scope, freed after it: still returned to its pool.
+    inside = allocator->raw_allocate(256);
+    CHECK(pool->stats().live_allocations == 1);
+    at::Tensor tensor = at::ones({32});
+    CHECK(tensor.storage().data_ptr().get() == tensor.storage().data_ptr().get_context());
+    outside = inside;
+  }
+  allocator->raw_deallocate(outside);
+  CHECK(pool->stats().live_allocations == 0);
+  // Outside scopes raw allocations are the replaced allocator's, freed by it.
+  void* plain = allocator->raw_allocate(1024);
+  REQUIRE(plain != nullptr);
+  CHECK(pool->stats().live_allocations == 0);
+  allocator->raw_deallocate(plain);
+}
+
 TEST_CASE("the torch device-cache hook is harmless without an accelerator", "[memory][tensor]") {
   const CleanupHook hook = torch_device_cache_hook();
   REQUIRE(hook);
