@@ -279,6 +279,7 @@ StoragePlan plan_storage(const NamedTensors& weights, const LoadRequest& request
 
 ConfiguredPrecision ConfiguredPrecision::from_config(const Config& config) {
   QuantizationRules rules;
+  rules.min_elements = config.performance.quantization_min_elements;
   for (const std::string& pattern : config.performance.keep_full_precision) {
     rules.keep_patterns.push_back(pattern);
   }

@@ -72,6 +72,8 @@ struct PerformanceOptimization {
   /// Weights whose names match one of these regular expressions stay in their source precision,
   /// besides those apo always keeps (biases, norms, embeddings, input and output projections).
   std::vector<std::string> keep_full_precision;
+  /// Weights with fewer elements stay in their source precision (small models lower it).
+  int quantization_min_elements = kQuantizeMinElements;
 
   template <class Self, class V>
   static void fields(Self& s, V& v) {
@@ -84,6 +86,7 @@ struct PerformanceOptimization {
     v.field("parallel_execution", s.parallel_execution);
     v.field("quantization_memory_fraction", s.quantization_memory_fraction, kFraction);
     v.field("keep_full_precision", s.keep_full_precision, RegexList{});
+    v.field("quantization_min_elements", s.quantization_min_elements, Range{0, 1e9});
   }
   friend bool operator==(const PerformanceOptimization&, const PerformanceOptimization&) = default;
 };

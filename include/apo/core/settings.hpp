@@ -163,6 +163,9 @@ struct Range {
   bool min_exclusive = false;
 };
 
+/// @brief Tensors with fewer elements stay unquantized by default: they save little.
+inline constexpr int kQuantizeMinElements = 65536;
+
 inline constexpr Range kPositive{0.0, std::numeric_limits<double>::infinity(), true};
 inline constexpr Range kFraction{0.0, 1.0, true};  ///< (0, 1]
 inline constexpr Range kUnitInterval{0.0, 1.0};    ///< [0, 1]

@@ -33,7 +33,7 @@ struct QuantizationRules {
   /// ... and none of these.
   std::vector<std::string> keep_patterns = default_keep_patterns();
   /// ... and it has at least this many elements: smaller tensors save little.
-  std::int64_t min_elements = 65536;
+  std::int64_t min_elements = kQuantizeMinElements;
   /// Measure SNR, cosine similarity and max abs error of each quantized tensor (one dequantize
   /// per tensor, freed before the next).
   bool measure_error = true;
