@@ -36,6 +36,9 @@ find_package(OpenMP COMPONENTS CXX)
 # Model file compression: zstd (apo's codec) and xz (the guide's lzma, for comparison).
 find_package(zstd 1.4 CONFIG REQUIRED)
 find_package(LibLZMA 5.2 REQUIRED)
+# The reference workflows write PNG images (with alpha) and animated GIF clips.
+find_package(PNG 1.6 REQUIRED)
+find_package(GIF 5 REQUIRED)
 
 if(APO_BUILD_PYTHON)
   set(PYBIND11_FINDPYTHON ON)
