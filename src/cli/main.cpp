@@ -1,4 +1,5 @@
-// The apo command line: probe the machine, recommend a configuration, check and show configs.
+// The apo command line: probe the machine, recommend a configuration, check and show configs,
+// handle model files, train the reference models.
 
 #include <chrono>
 #include <cstdio>
@@ -21,6 +22,7 @@
 #include "apo/quant/state_dict.hpp"
 #include "apo/tune/presets.hpp"
 #include "apo/version.hpp"
+#include "reference_commands.hpp"
 
 namespace {
 
@@ -345,6 +347,9 @@ int main(int argc, char** argv) {
   quantize->add_option("--keep", keep, "Also keep tensors matching this regex (repeatable)");
   quantize->add_flag("--json", as_json, "Print the report as JSON");
 
+  apo::cli::ReferenceCommands reference;
+  reference.add(app);
+
   try {
     app.parse(argc, argv);
   } catch (const CLI::ParseError& error) {
@@ -353,6 +358,7 @@ int main(int argc, char** argv) {
   }
 
   try {
+    if (auto code = reference.run()) return *code;
     if (*probe) return run_probe(as_json, kernel_check);
     if (*recommend) return run_recommend(profile, workflow, as_json);
     if (*presets) return run_presets(as_json);
