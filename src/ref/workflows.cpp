@@ -342,6 +342,28 @@ class ReferenceWorkflow : public engine::Workflow {
     context.set_quality(index, report.score);
   }
 
+  /// One output per request: its picture from `pictures` ([B, C, H, W] or clips [B, T, C, H, W])
+  /// with its first `channels` channels, judged against its prompt.
+  std::vector<Outputs> outputs_of(Context& context, std::span<const apo::Request> batch,
+                                  const at::Tensor& pictures, std::int64_t channels,
+                                  const std::string& name = "image") const {
+    std::vector<Outputs> outputs(batch.size());
+    for (std::size_t i = 0; i < batch.size(); ++i) {
+      const at::Tensor picture =
+          pictures[static_cast<std::int64_t>(i)].narrow(-3, 0, channels).contiguous();
+      judge(context, i, picture, batch[i].prompt);
+      outputs[i][name] = picture;
+    }
+    return outputs;
+  }
+
+  /// The batch's input images, RGBA: [B, 4, H, W].
+  static at::Tensor input_images(std::span<const apo::Request> batch) {
+    std::vector<at::Tensor> images;
+    for (const apo::Request& r : batch) images.push_back(as_rgba(r.image));
+    return at::stack(images);
+  }
+
   static std::vector<std::string> prompts(std::span<const apo::Request> batch) {
     std::vector<std::string> out;
     for (const apo::Request& r : batch) out.push_back(r.prompt);
@@ -407,15 +429,13 @@ class HunyuanWorkflow final : public ReferenceWorkflow {
         sample_latents(context, batch, prompts(batch), negatives(batch), p, start, /*salt=*/1);
     if (block().enable_temporal_consistency) latents = temporally_consistent(latents);
     const at::Tensor clips = decode(context, latents, p);
-    std::vector<Outputs> outputs(batch.size());
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      at::Tensor clip = clips[static_cast<std::int64_t>(i)];
-      if (from_image_) clip.select(0, 0).copy_(as_rgba(batch[i].first_frame));
-      const at::Tensor rgb = clip.narrow(1, 0, 3).contiguous();
-      judge(context, i, rgb, batch[i].prompt);
-      outputs[i]["video"] = rgb;
+    if (from_image_) {
+      // The clip starts from exactly the frame given.
+      for (std::size_t i = 0; i < batch.size(); ++i) {
+        clips[static_cast<std::int64_t>(i)][0].copy_(as_rgba(batch[i].first_frame));
+      }
     }
-    return outputs;
+    return outputs_of(context, batch, clips, 3, "video");
   }
 
   // The guide's temporal consistency: what stays fixed in a scene (the background) should not
@@ -474,12 +494,11 @@ class WanInpaint final : public WanWorkflow {
 
   std::vector<Outputs> generate(std::span<const apo::Request> batch, Context& context) override {
     const SamplingPlan p = plan(batch.front());
-    std::vector<at::Tensor> images, masks;
+    std::vector<at::Tensor> masks;
     for (const apo::Request& r : batch) {
-      images.push_back(as_rgba(r.image));
       masks.push_back(r.mask.to(at::kFloat).cpu().view({1, r.height, r.width}).clamp(0, 1));
     }
-    const at::Tensor image = at::stack(images);
+    const at::Tensor image = input_images(batch);
     const at::Tensor mask = at::stack(masks);  // [B, 1, H, W], 1 = repaint
     Start start;
     {
@@ -506,13 +525,7 @@ class WanInpaint final : public WanWorkflow {
       const at::Tensor feather = box_blur(mask, 2).clamp(0, 1);
       out = feather * out + (1.0 - feather) * image;
     }
-    std::vector<Outputs> outputs(batch.size());
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      const at::Tensor rgb = out[static_cast<std::int64_t>(i)].narrow(0, 0, 3).contiguous();
-      judge(context, i, rgb, batch[i].prompt);
-      outputs[i]["image"] = rgb;
-    }
-    return outputs;
+    return outputs_of(context, batch, out, 3);
   }
 };
 
@@ -526,14 +539,8 @@ class WanAlpha final : public WanWorkflow {
     const SamplingPlan p = plan(batch.front());
     const at::Tensor latents =
         sample_latents(context, batch, prompts(batch), negatives(batch), p, Start{}, 3);
-    const at::Tensor out = decode(context, latents, p);
-    std::vector<Outputs> outputs(batch.size());
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      const at::Tensor rgba = out[static_cast<std::int64_t>(i)].contiguous();
-      judge(context, i, rgba, batch[i].prompt);
-      outputs[i]["image"] = rgba;  // straight alpha: the shapes opaque, the background clear
-    }
-    return outputs;
+    // Straight alpha: the shapes opaque, the background clear.
+    return outputs_of(context, batch, decode(context, latents, p), 4);
   }
 };
 
@@ -562,14 +569,7 @@ class NewBieAnime final : public ReferenceWorkflow {
     const SamplingPlan p = plan(batch.front());
     const at::Tensor latents =
         sample_latents(context, batch, prompts(batch), negatives(batch), p, Start{}, 4);
-    const at::Tensor out = decode(context, latents, p);
-    std::vector<Outputs> outputs(batch.size());
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      const at::Tensor rgb = out[static_cast<std::int64_t>(i)].narrow(0, 0, 3).contiguous();
-      judge(context, i, rgb, batch[i].prompt);
-      outputs[i]["image"] = rgb;
-    }
-    return outputs;
+    return outputs_of(context, batch, decode(context, latents, p), 3);
   }
 };
 
@@ -599,24 +599,15 @@ class QwenEdit final : public QwenWorkflow {
   }
   std::vector<Outputs> generate(std::span<const apo::Request> batch, Context& context) override {
     const SamplingPlan p = plan(batch.front());
-    std::vector<at::Tensor> images;
-    for (const apo::Request& r : batch) images.push_back(as_rgba(r.image));
     Start start;
     {
       auto timer = context.stage(Stage::encode);
-      start.latents = encode_images(context, at::stack(images));
+      start.latents = encode_images(context, input_images(batch));
     }
     start.strength = batch.front().strength;
     const at::Tensor latents =
         sample_latents(context, batch, prompts(batch), negatives(batch), p, start, 5);
-    const at::Tensor out = decode(context, latents, p);
-    std::vector<Outputs> outputs(batch.size());
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      const at::Tensor rgb = out[static_cast<std::int64_t>(i)].narrow(0, 0, 3).contiguous();
-      judge(context, i, rgb, batch[i].prompt);
-      outputs[i]["image"] = rgb;
-    }
-    return outputs;
+    return outputs_of(context, batch, decode(context, latents, p), 3);
   }
 };
 
@@ -631,9 +622,7 @@ class QwenRelight final : public QwenWorkflow {
   }
   std::vector<Outputs> generate(std::span<const apo::Request> batch, Context& context) override {
     const SamplingPlan p = plan(batch.front());
-    std::vector<at::Tensor> images;
-    for (const apo::Request& r : batch) images.push_back(as_rgba(r.image));
-    const at::Tensor image = at::stack(images);
+    const at::Tensor image = input_images(batch);
     Start start;
     {
       auto timer = context.stage(Stage::encode);
@@ -652,14 +641,7 @@ class QwenRelight final : public QwenWorkflow {
         (0.5 + box_blur(relit, kLightRadius) - box_blur(original, kLightRadius)).clamp(0, 1);
     const at::Tensor kept = blend_images(original, light, block().lighting_blend_mode);
     const double s = block().preserve_structure_strength;
-    const at::Tensor out = (s * kept + (1.0 - s) * relit).clamp(0, 1);
-    std::vector<Outputs> outputs(batch.size());
-    for (std::size_t i = 0; i < batch.size(); ++i) {
-      const at::Tensor rgb = out[static_cast<std::int64_t>(i)].contiguous();
-      judge(context, i, rgb, batch[i].prompt);
-      outputs[i]["image"] = rgb;
-    }
-    return outputs;
+    return outputs_of(context, batch, (s * kept + (1.0 - s) * relit).clamp(0, 1), 3);
   }
 
  private:
