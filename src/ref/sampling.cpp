@@ -117,7 +117,7 @@ at::Tensor sample(const Denoiser& denoiser, const at::Tensor& x_start,
       break;
     default:
       fail(ErrorCode::Unsupported,
-           "sample: sampler \"{}\" is not implemented (euler, euler_ancestral, ddim, "
+           "sample: sampler \"{}\" is not supported here (euler, euler_ancestral, ddim, "
            "dpm_solver_multistep, dpmpp_2m and flow_match_euler are)",
            to_string(sampler));
   }

@@ -698,20 +698,20 @@ class QwenLayered final : public QwenWorkflow {
     if (caching) {
       for (Layer& layer : layers) layer.rgba = cache_find(layer.key);
     }
-    std::vector<std::size_t> todo;
+    std::vector<std::size_t> to_make;
     for (std::size_t l = 0; l < layers.size(); ++l) {
-      if (!layers[l].rgba.defined()) todo.push_back(l);
+      if (!layers[l].rgba.defined()) to_make.push_back(l);
     }
     // Layers go through the model max_concurrent_layers at a time (all at once in parallel).
     const std::size_t group = block().layer_generation_strategy == LayerStrategy::parallel
-                                  ? std::max<std::size_t>(todo.size(), 1)
+                                  ? std::max<std::size_t>(to_make.size(), 1)
                                   : static_cast<std::size_t>(block().max_concurrent_layers);
-    for (std::size_t first = 0; first < todo.size(); first += group) {
-      const std::size_t count = std::min(group, todo.size() - first);
+    for (std::size_t first = 0; first < to_make.size(); first += group) {
+      const std::size_t count = std::min(group, to_make.size() - first);
       std::vector<apo::Request> requests;
       std::vector<std::string> captions, negatives;
       for (std::size_t k = 0; k < count; ++k) {
-        const Layer& layer = layers[todo[first + k]];
+        const Layer& layer = layers[to_make[first + k]];
         apo::Request r = batch[layer.request];
         r.seed = r.seed * 31 + layer.index;  // each layer its own noise, whatever the batch
         requests.push_back(r);
@@ -722,7 +722,7 @@ class QwenLayered final : public QwenWorkflow {
           sample_latents(context, requests, captions, negatives, p, Start{}, 7);
       const at::Tensor rgba = decode(context, latents, p);
       for (std::size_t k = 0; k < count; ++k) {
-        Layer& layer = layers[todo[first + k]];
+        Layer& layer = layers[to_make[first + k]];
         layer.rgba = rgba[static_cast<std::int64_t>(k)].contiguous();
         if (caching) cache_store(layer.key, layer.rgba);
       }
