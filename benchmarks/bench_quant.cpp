@@ -21,7 +21,7 @@
 #include <string>
 #include <vector>
 
-#include "../tests/quant/cpu_allocation_counter.hpp"
+#include "../tests/support/cpu_allocation_counter.hpp"
 #include "apo/monitor/benchmark.hpp"
 #include "apo/quant/kernels.hpp"
 #include "apo/quant/qlinear.hpp"
