@@ -189,10 +189,12 @@ TEST_CASE("torch's raw allocations work inside and across a CpuAllocationScope",
   // Some ATen kernels take scratch through Allocator::raw_allocate, which needs a DataPtr whose
   // context is its data, and free it through raw_deleter() with the pointer alone.
   auto pool = std::make_shared<CachingPool>(HostResource{});
-  c10::Allocator* allocator = c10::GetAllocator(c10::DeviceType::CPU);
   void* outside = nullptr;
+  c10::Allocator* allocator = nullptr;
   {
     CpuAllocationScope scope{AnyResource(pool)};
+    // The first scope of the process installs apo's CPU allocator: ask for it after.
+    allocator = c10::GetAllocator(c10::DeviceType::CPU);
     void* inside = allocator->raw_allocate(4096);
     REQUIRE(inside != nullptr);
     std::memset(inside, 1, 4096);
