@@ -7,6 +7,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <array>
 #include <atomic>
 #include <exception>
 #include <future>
@@ -27,6 +28,7 @@
 #include "apo/memory/host_resource.hpp"
 #include "apo/memory/memory_manager.hpp"
 #include "apo/memory/torch_allocator.hpp"
+#include "apo/monitor/trace.hpp"
 #include "apo/tune/adaptive_quality.hpp"
 #include "apo/tune/presets.hpp"
 
@@ -233,6 +235,11 @@ EngineCore::EngineCore(Config config, const Clock& clock, MachineInfo machine, E
   State& s = *state_;
   if (!s.parts.quantization || !s.parts.pools) {
     fail(ErrorCode::InvalidArgument, "engine: a quantization policy and a pool factory are needed");
+  }
+  // monitoring.enable_tracing turns the process's trace on; the host writes it out
+  // (monitor::Tracer::write).
+  if (s.config.monitoring.enable_tracing && !monitor::Tracer::global().enabled()) {
+    monitor::Tracer::global().start();
   }
   // One ledger per device from the one budget rule; the CPU's is also the host tier's.
   const tune::MemoryBudgets budgets = tune::memory_budgets(s.config, s.machine);
@@ -478,6 +485,7 @@ std::int64_t EngineCore::reclaim(std::size_t device, std::int64_t wanted_bytes) 
 void EngineCore::setup_worker_thread(std::size_t device) {
   State& s = *state_;
   const DeviceState& d = s.device(device);
+  monitor::Tracer::global().name_thread("engine worker " + d.device.str());
   if (s.config.system.cpu_affinity) {
     cpu_set_t cores;
     CPU_ZERO(&cores);
@@ -571,6 +579,10 @@ std::vector<Result> EngineCore::State::execute(std::size_t index, std::span<cons
   std::optional<Failure> failure;
   std::vector<Result> results;
   memory::MemoryLedger::PeakWindow window = dev.ledger->open_window();
+  monitor::Span batch_span("batch", "engine");
+  batch_span.arg("workflow", workflow->name())
+      .arg("requests", static_cast<double>(requests.size()))
+      .arg("device", dev.device.str());
   try {
     Context::Setup setup{.device = dev.device,
                          .pool = dev.pool.resource,
@@ -581,6 +593,8 @@ std::vector<Result> EngineCore::State::execute(std::size_t index, std::span<cons
                          .clock = &clock};
     const Clock::time_point load_start = clock.now();
     for (const ModelNeed& need : needs_of(*workflow, requests.front())) {
+      monitor::Span acquire_span("acquire model", "models");
+      acquire_span.arg("role", need.role).arg("model", need.ref.path.filename().string());
       setup.leases.emplace(need.role,
                            cache->acquire(need.ref, dev.device,
                                           need.takes_loras ? requests.front().loras
@@ -670,6 +684,10 @@ std::vector<Result> EngineCore::State::execute(std::size_t index, std::span<cons
     // Release what the device caches, then retry smaller: halves, then one request with
     // attention slicing, before giving up.
     const std::int64_t freed = reclaim(dev, estimate);
+    monitor::Tracer::global().instant(
+        "out of memory", "engine",
+        monitor::trace_arg("requests", static_cast<double>(requests.size())) + "," +
+            monitor::trace_arg("released_bytes", static_cast<double>(freed)));
     if (requests.size() > 1) {
       {
         const std::lock_guard lock(mutex);
@@ -804,8 +822,15 @@ std::optional<double> Context::quality(std::size_t index) const {
   return index < quality_.size() ? quality_[index] : std::nullopt;
 }
 
+namespace {
+constexpr std::array<std::string_view, 4> kStageNames{"model_load", "encode", "denoise", "decode"};
+}  // namespace
+
 Context::StageTimer::StageTimer(Context& context, Stage stage)
-    : context_(context), stage_(stage), start_(context.setup_.clock->now()) {}
+    : context_(context),
+      stage_(stage),
+      start_(context.setup_.clock->now()),
+      span_(kStageNames[static_cast<std::size_t>(stage)], "stage") {}
 
 Context::StageTimer::~StageTimer() {
   context_.stage_times_[static_cast<std::size_t>(stage_)] += context_.setup_.clock->now() - start_;

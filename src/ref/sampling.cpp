@@ -10,6 +10,7 @@
 #include <fmt/ranges.h>
 
 #include "apo/core/error.hpp"
+#include "apo/monitor/trace.hpp"
 
 namespace apo::ref {
 
@@ -158,6 +159,8 @@ at::Tensor sample(const Denoiser& denoiser, const at::Tensor& x_start,
   for (int i = 0; i < steps; ++i) {
     const double sigma = sigmas[static_cast<std::size_t>(i)];
     const double next = sigmas[static_cast<std::size_t>(i) + 1];
+    monitor::Span step_span("denoising step", "sampling");
+    step_span.arg("step", i + 1).arg("sigma", sigma);
     const at::Tensor x0 = denoise(x, sigma);
     switch (sampler) {
       case Sampler::euler:

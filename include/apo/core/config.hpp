@@ -354,6 +354,36 @@ struct Scheduling {
   friend bool operator==(const Scheduling&, const Scheduling&) = default;
 };
 
+/// @brief "monitoring": what PerformanceMonitor samples and when it alerts. The guide's
+/// monitoring chapter has no JSON block; the defaults are its numbers (a sample every 5 s, 1000
+/// kept, summaries over the last 100, alerts at VRAM > 80%, RAM > 70%, GPU use < 60% while busy).
+struct Monitoring {
+  double sample_interval_s = 5.0;
+  int history_size = 1000;
+  int summary_window = 100;
+  double vram_alert_fraction = 0.8;
+  double ram_alert_fraction = 0.7;
+  /// A busy GPU used less than this share of the time is under-fed (batches too small).
+  double low_gpu_utilization_fraction = 0.6;
+  /// Samples in a row that must agree before an alert is raised, and again before it clears.
+  int alert_hysteresis_samples = 3;
+  /// Chrome trace-event spans (engine, model loads, each denoising step); off costs one load.
+  bool enable_tracing = false;
+
+  template <class Self, class V>
+  static void fields(Self& s, V& v) {
+    v.field("sample_interval_s", s.sample_interval_s, Range{0.01, 3600});
+    v.field("history_size", s.history_size, Range{1, 1'000'000});
+    v.field("summary_window", s.summary_window, Range{1, 1'000'000});
+    v.field("vram_alert_fraction", s.vram_alert_fraction, kFraction);
+    v.field("ram_alert_fraction", s.ram_alert_fraction, kFraction);
+    v.field("low_gpu_utilization_fraction", s.low_gpu_utilization_fraction, kUnitInterval);
+    v.field("alert_hysteresis_samples", s.alert_hysteresis_samples, Range{1, 1000});
+    v.field("enable_tracing", s.enable_tracing);
+  }
+  friend bool operator==(const Monitoring&, const Monitoring&) = default;
+};
+
 /// @brief The whole configuration. The profile's identity and targets sit at the top level,
 /// as the guide writes them.
 struct Config {
@@ -372,6 +402,7 @@ struct Config {
   NewBieOptimization newbie;
   QwenOptimization qwen;
   Scheduling scheduling;
+  Monitoring monitoring;
 
   template <class Self, class V>
   static void fields(Self& s, V& v) {
@@ -389,6 +420,7 @@ struct Config {
     v.block("newbie_optimization", s.newbie);
     v.block("qwen_optimization", s.qwen);
     v.block("scheduling", s.scheduling);
+    v.block("monitoring", s.monitoring);
   }
   friend bool operator==(const Config&, const Config&) = default;
 };

@@ -22,6 +22,7 @@
 #include "apo/engine/result.hpp"
 #include "apo/memory/resource.hpp"
 #include "apo/models/model_cache.hpp"
+#include "apo/monitor/trace.hpp"
 #include "apo/request/request.hpp"
 
 namespace apo::engine {
@@ -147,6 +148,7 @@ class Context {
     Context& context_;
     Stage stage_;
     Clock::time_point start_;
+    monitor::Span span_;  // the stage in the trace, when tracing is on
   };
   StageTimer stage(Stage stage) { return StageTimer(*this, stage); }
 

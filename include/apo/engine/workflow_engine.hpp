@@ -34,6 +34,7 @@
 #include "apo/engine/workflow.hpp"
 #include "apo/memory/arena_pool.hpp"
 #include "apo/memory/caching_pool.hpp"
+#include "apo/monitor/trace.hpp"
 #include "apo/quant/policy.hpp"
 #include "apo/sched/dispatcher.hpp"
 #include "apo/sched/fifo_scheduler.hpp"
@@ -289,9 +290,11 @@ class WorkflowEngine {
   }
 
   void dispatch_loop() {
+    monitor::Tracer::global().name_thread("engine dispatcher");
     std::optional<RequestId> reclaimed_for;  // the blocked head memory was last freed for
     for (;;) {
       sched::DispatchRound round = dispatcher_.dispatch();
+      trace_round(round);
       for (const Request& request : round.timed_out) {
         core_.end(request.id, Status::timed_out, "its deadline passed while it was queued");
       }
@@ -325,6 +328,19 @@ class WorkflowEngine {
       if (scheduler_.closed() && scheduler_.size() == 0 && in_flight() == 0) break;
       dispatcher_.wait(round.wake_at);
     }
+  }
+
+  // Scheduling in the trace: each batch placed (an instant on the dispatcher's thread) and the
+  // queue's length (a counter).
+  void trace_round(const sched::DispatchRound& round) {
+    monitor::Tracer& tracer = monitor::Tracer::global();
+    if (!tracer.enabled()) return;
+    for (const sched::Placed& placed : round.placed) {
+      tracer.instant("schedule batch", "scheduling",
+                     monitor::trace_arg("device", static_cast<double>(placed.device)) + "," +
+                         monitor::trace_arg("requests", static_cast<double>(placed.batch_size)));
+    }
+    tracer.counter("queue", "requests", static_cast<double>(scheduler_.size()));
   }
 
   void worker_loop(std::stop_token stop, std::size_t device) {
