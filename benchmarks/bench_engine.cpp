@@ -1,11 +1,13 @@
-// bench_engine: what the engine costs per request against a direct call, and what it gains on a
+// bench_engine: what the engine costs per request against a direct call, what it gains on a
 // mixed trace of workflows that load real model files against the loop a user would otherwise
-// write (FIFO, one request at a time, models loaded for each, nothing shared).
+// write (FIFO, one request at a time, models loaded for each, nothing shared), and what
+// monitoring and tracing cost it.
 
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <filesystem>
+#include <functional>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -24,6 +26,8 @@
 #include "apo/models/model.hpp"
 #include "apo/models/safetensors.hpp"
 #include "apo/monitor/benchmark.hpp"
+#include "apo/monitor/performance_monitor.hpp"
+#include "apo/monitor/trace.hpp"
 #include "apo/quant/policy.hpp"
 
 namespace {
@@ -327,6 +331,106 @@ void measure_trace(apo::bench::Report& report, const fs::path& dir, bool quick) 
               batch_sizes / static_cast<double>(count), "requests", std::nullopt, Better::higher});
 }
 
+// ---------------------------------------------------------------------------------------------
+// 3. Monitoring's cost: the same engine work with a PerformanceMonitor (sampling 100 times as
+// often as the guide's 5 s) and tracing on, against both off, interleaved in one run.
+
+// Runs `requests` through a fresh engine, monitored and traced or not, and checks every result;
+// returns the seconds from the first submit to the last result (setting up is not timed).
+double run_engine_once(const apo::Config& config, const std::vector<Request>& requests,
+                       const std::function<void(apo::engine::Engine&)>& add_workflows,
+                       bool monitored) {
+  std::shared_ptr<apo::monitor::PerformanceMonitor> monitor;
+  if (monitored) {
+    apo::Monitoring settings;
+    settings.sample_interval_s = 0.05;
+    monitor = std::make_shared<apo::monitor::PerformanceMonitor>(
+        settings, config.target_generation_time_s, apo::SteadyClock::instance());
+    monitor->start();
+    apo::monitor::Tracer::global().start();
+  }
+  double seconds = 0;
+  {
+    apo::engine::Engine engine(config);
+    add_workflows(engine);
+    if (monitor) engine.set_monitor(monitor);
+    std::vector<apo::engine::Ticket> tickets;
+    const auto start = steady::now();
+    for (const Request& r : requests) tickets.push_back(engine.submit(r));
+    for (const auto& ticket : tickets) ticket.wait();
+    seconds = std::chrono::duration<double>(steady::now() - start).count();
+    for (const auto& ticket : tickets) {
+      apo::bench::check_output(ticket.wait().ok(),
+                               "monitored engine request: " + ticket.wait().message);
+    }
+    engine.shutdown();
+  }
+  if (monitor) {
+    apo::monitor::Tracer::global().stop();
+    monitor->stop();
+    apo::bench::check_output(monitor->requests().size() == requests.size() &&
+                                 !apo::monitor::Tracer::global().events().empty(),
+                             "the monitor recorded every request and the trace has spans");
+  }
+  return seconds;
+}
+
+// Median seconds of `run(false)` and `run(true)`, run in turn `rounds` times after a warm-up.
+std::pair<double, double> interleaved_off_on(const std::function<double(bool)>& run, int rounds) {
+  run(false);
+  run(true);
+  std::vector<double> off, on;
+  for (int i = 0; i < rounds; ++i) {
+    off.push_back(run(false));
+    on.push_back(run(true));
+  }
+  return {median(off), median(on)};
+}
+
+void measure_monitoring(apo::bench::Report& report, const fs::path& dir, bool quick) {
+  const int workflows = 3;
+  const int count = quick ? 6 : 24;
+  TraceModels models;
+  models.encoder = write_model(dir, "mon_umt5", 2, 1);
+  models.vae = write_model(dir, "mon_vae", 2, 2);
+  for (int w = 0; w < workflows; ++w) {
+    models.dits.push_back(write_model(dir, fmt::format("mon_dit_{}", w), quick ? 2 : 6, 3 + w));
+  }
+  const std::vector<Request> trace = make_trace(count, workflows);
+  const auto add_trace_workflows = [&](apo::engine::Engine& engine) {
+    for (int w = 0; w < workflows; ++w) {
+      engine.add_workflow(std::make_shared<TraceWorkflow>(fmt::format("mix_{}", w), models.encoder,
+                                                          models.dits[static_cast<std::size_t>(w)],
+                                                          models.vae));
+    }
+  };
+  const int trivial_count = quick ? 500 : 5000;
+  std::vector<Request> trivial(static_cast<std::size_t>(trivial_count));
+  for (Request& r : trivial) {
+    r.workflow = "trivial";
+    r.width = 64;
+    r.height = 64;
+  }
+  const auto add_trivial = [](apo::engine::Engine& engine) {
+    engine.add_workflow(std::make_shared<TrivialWorkflow>());
+  };
+  const apo::Config config = engine_config(dir, 1_GiB);
+  const int rounds = quick ? 3 : 9;
+  const auto [trace_off_s, trace_on_s] = interleaved_off_on(
+      [&](bool on) { return run_engine_once(config, trace, add_trace_workflows, on); }, rounds);
+  const auto [trivial_off_s, trivial_on_s] = interleaved_off_on(
+      [&](bool on) { return run_engine_once(config, trivial, add_trivial, on); }, rounds);
+  report.add(
+      {fmt::format("mixed trace throughput ({} requests), monitoring and tracing on vs off", count),
+       "throughput", 3600.0 * count / trace_on_s, "req/h", 3600.0 * count / trace_off_s,
+       Better::higher});
+  report.add({fmt::format("trivial workflow throughput ({} requests), monitoring and tracing on "
+                          "vs off",
+                          trivial_count),
+              "throughput", trivial_count / trivial_on_s, "req/s", trivial_count / trivial_off_s,
+              Better::higher});
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -340,6 +444,7 @@ int main(int argc, char** argv) {
   try {
     measure_overhead(report, dir, options.quick);
     measure_trace(report, dir, options.quick);
+    measure_monitoring(report, dir, options.quick);
   } catch (...) {
     fs::remove_all(dir);
     throw;

@@ -20,7 +20,7 @@ sudo_if_needed() {
 
 # libjemalloc-dev and pkg-config: jemalloc is a baseline of bench_memory (optional to the build).
 packages=(cmake ninja-build g++ libfmt-dev nlohmann-json3-dev catch2 libcli11-dev pybind11-dev
-  libzstd-dev liblzma-dev libpng-dev libgif-dev clang libclang-rt-14-dev libjemalloc-dev pkg-config)
+  libzstd-dev liblzma-dev libpng-dev libgif-dev libcpp-httplib-dev clang libclang-rt-14-dev libjemalloc-dev pkg-config)
 python_include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$python_include/Python.h" ] || packages+=(python3-dev)
 missing=()
@@ -38,8 +38,9 @@ if ! "$PYTHON" -c 'import torch' 2>/dev/null; then
   echo "setup: installing torch==2.13.0 for $PYTHON"
   "$PYTHON" -m pip install -q torch==2.13.0
 fi
-# pytest runs the Python tests; safetensors (no torch dependency) is the interop reference.
-for module in pytest safetensors; do
+# pytest runs the Python tests; safetensors (no torch dependency) is the interop reference;
+# prometheus_client parses the metrics apo exports; matplotlib draws `python -m apo.report`.
+for module in pytest safetensors prometheus_client matplotlib; do
   "$PYTHON" -c "import $module" 2>/dev/null || "$PYTHON" -m pip install -q "$module"
 done
 

@@ -7,7 +7,8 @@ cd "$(dirname "$0")/../.."
 rm -rf .deps
 mkdir -p .deps/debs .deps/root
 (cd .deps/debs && apt-get download libfmt-dev libfmt9 nlohmann-json3-dev catch2 libcli11-dev \
-  libzstd-dev libzstd1 liblzma-dev liblzma5 libpng-dev libpng16-16 libgif-dev libgif7)
+  libzstd-dev libzstd1 liblzma-dev liblzma5 libpng-dev libpng16-16 libgif-dev libgif7 \
+  libcpp-httplib-dev libcpp-httplib0.11)
 for deb in .deps/debs/*.deb; do
   dpkg -x "$deb" .deps/root
 done

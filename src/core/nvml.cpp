@@ -34,6 +34,12 @@ struct Nvml::Api {
   nvmlReturn_t (*power_usage)(nvmlDevice_t, unsigned int*);
   nvmlReturn_t (*power_limit)(nvmlDevice_t, unsigned int*);
   nvmlReturn_t (*memory_info)(nvmlDevice_t, nvmlMemory_t*);
+  // Optional: power_settings() reads what it can when a driver lacks one of these.
+  nvmlReturn_t (*handle_by_index)(unsigned int, nvmlDevice_t*);
+  nvmlReturn_t (*name)(nvmlDevice_t, char*, unsigned int);
+  nvmlReturn_t (*persistence_mode)(nvmlDevice_t, int*);
+  nvmlReturn_t (*management_limit)(nvmlDevice_t, unsigned int*);
+  nvmlReturn_t (*limit_constraints)(nvmlDevice_t, unsigned int*, unsigned int*);
 };
 
 namespace {
@@ -64,6 +70,11 @@ Nvml::Nvml() {
       load_symbol(library_, "nvmlDeviceGetPowerUsage", api_->power_usage) &&
       load_symbol(library_, "nvmlDeviceGetEnforcedPowerLimit", api_->power_limit) &&
       load_symbol(library_, "nvmlDeviceGetMemoryInfo", api_->memory_info);
+  load_symbol(library_, "nvmlDeviceGetHandleByIndex_v2", api_->handle_by_index);
+  load_symbol(library_, "nvmlDeviceGetName", api_->name);
+  load_symbol(library_, "nvmlDeviceGetPersistenceMode", api_->persistence_mode);
+  load_symbol(library_, "nvmlDeviceGetPowerManagementLimit", api_->management_limit);
+  load_symbol(library_, "nvmlDeviceGetPowerManagementLimitConstraints", api_->limit_constraints);
   if (!loaded) {
     status_ = "libnvidia-ml.so.1 lacks a function apo needs (driver too old)";
     return;
@@ -119,6 +130,36 @@ std::optional<std::int64_t> Nvml::free_memory_bytes(const std::string& pci_bus_i
     return std::nullopt;
   }
   return static_cast<std::int64_t>(memory.free);
+}
+
+std::optional<Nvml::PowerSettings> Nvml::power_settings(int index) const {
+  nvmlDevice_t device = nullptr;
+  if (!initialized_ || index < 0 || api_->handle_by_index == nullptr ||
+      api_->handle_by_index(static_cast<unsigned int>(index), &device) != kNvmlSuccess) {
+    return std::nullopt;
+  }
+  PowerSettings settings;
+  // NVML_DEVICE_NAME_V2_BUFFER_SIZE is 96.
+  if (char name[96] = {};
+      api_->name != nullptr && api_->name(device, name, sizeof name) == kNvmlSuccess) {
+    settings.name = name;
+  }
+  // nvmlEnableState_t: NVML_FEATURE_DISABLED = 0, NVML_FEATURE_ENABLED = 1.
+  if (int mode = 0;
+      api_->persistence_mode != nullptr && api_->persistence_mode(device, &mode) == kNvmlSuccess) {
+    settings.persistence_mode = mode != 0;
+  }
+  if (unsigned int milliwatts = 0; api_->management_limit != nullptr &&
+                                   api_->management_limit(device, &milliwatts) == kNvmlSuccess) {
+    settings.power_limit_w = milliwatts / 1000.0;
+  }
+  if (unsigned int low = 0, high = 0;
+      api_->limit_constraints != nullptr &&
+      api_->limit_constraints(device, &low, &high) == kNvmlSuccess) {
+    settings.min_power_limit_w = low / 1000.0;
+    settings.max_power_limit_w = high / 1000.0;
+  }
+  return settings;
 }
 
 }  // namespace apo::detail

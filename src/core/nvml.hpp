@@ -33,6 +33,17 @@ class Nvml {
   /// nullopt when unknown.
   std::optional<std::int64_t> free_memory_bytes(const std::string& pci_bus_id) const;
 
+  /// What `nvidia-smi -pm` and `-pl` set on one GPU; a reading the driver refuses stays empty.
+  struct PowerSettings {
+    std::string name;                      ///< "NVIDIA H100 80GB HBM3"
+    std::optional<bool> persistence_mode;  ///< Linux only
+    std::optional<double> power_limit_w;   ///< the limit set now
+    std::optional<double> min_power_limit_w;
+    std::optional<double> max_power_limit_w;
+  };
+  /// Settings of the GPU at this NVML index (nvidia-smi's -i); nullopt when there is none.
+  std::optional<PowerSettings> power_settings(int index) const;
+
  private:
   struct Api;
   void* library_ = nullptr;

@@ -22,6 +22,7 @@ class AnyEngine::Interface {
   virtual void shutdown(ShutdownMode mode) = 0;
   virtual void set_quality_controller(
       std::shared_ptr<tune::AdaptiveQualityController> controller) = 0;
+  virtual void set_monitor(std::shared_ptr<monitor::PerformanceMonitor> monitor) = 0;
   virtual EngineStats stats() const = 0;
   virtual std::size_t device_count() const = 0;
   virtual Device device(std::size_t index) const = 0;
@@ -47,6 +48,9 @@ class AnyEngine::Holder final : public AnyEngine::Interface {
   void set_quality_controller(
       std::shared_ptr<tune::AdaptiveQualityController> controller) override {
     engine_.set_quality_controller(std::move(controller));
+  }
+  void set_monitor(std::shared_ptr<monitor::PerformanceMonitor> monitor) override {
+    engine_.set_monitor(std::move(monitor));
   }
   EngineStats stats() const override { return engine_.stats(); }
   std::size_t device_count() const override { return engine_.device_count(); }
@@ -121,6 +125,9 @@ memory::LedgerSnapshot AnyEngine::memory(std::size_t device) const {
 void AnyEngine::set_quality_controller(
     std::shared_ptr<tune::AdaptiveQualityController> controller) {
   impl_->set_quality_controller(std::move(controller));
+}
+void AnyEngine::set_monitor(std::shared_ptr<monitor::PerformanceMonitor> monitor) {
+  impl_->set_monitor(std::move(monitor));
 }
 
 models::ModelCache& AnyEngine::models() {

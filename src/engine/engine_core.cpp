@@ -28,6 +28,7 @@
 #include "apo/memory/host_resource.hpp"
 #include "apo/memory/memory_manager.hpp"
 #include "apo/memory/torch_allocator.hpp"
+#include "apo/monitor/performance_monitor.hpp"
 #include "apo/monitor/trace.hpp"
 #include "apo/tune/adaptive_quality.hpp"
 #include "apo/tune/presets.hpp"
@@ -110,6 +111,8 @@ struct EngineCore::State final : RunControl {
   std::array<GenerationSettings, 3> generation;  // by QualityLevel
   std::mutex controller_mutex;
   std::shared_ptr<tune::AdaptiveQualityController> controller;  // optional
+  std::mutex monitor_mutex;
+  std::shared_ptr<monitor::PerformanceMonitor> monitor;  // optional
   std::size_t workers_per_device = 1;
   std::atomic<RequestId> next_id{1};
 
@@ -183,6 +186,7 @@ struct EngineCore::State final : RunControl {
     }
     result.timings.total = clock.now() - entry.submitted;
     if (!ran) result.timings.queue_wait = result.timings.total;
+    report_to_monitor(entry.key.workflow, result);
     if (entry.callbacks.on_result) {
       try {
         entry.callbacks.on_result(result);
@@ -192,6 +196,46 @@ struct EngineCore::State final : RunControl {
     }
     entry.promise.set_value(std::move(result));
     return true;
+  }
+
+  void report_to_monitor(const std::string& workflow, const Result& result) {
+    std::shared_ptr<monitor::PerformanceMonitor> observer;
+    {
+      const std::lock_guard lock(monitor_mutex);
+      observer = monitor;
+    }
+    if (!observer) return;
+    const auto seconds = [](Clock::duration d) { return std::chrono::duration<double>(d).count(); };
+    try {
+      observer->record_request(
+          {.workflow = workflow,
+           .ok = result.ok(),
+           .total_seconds = seconds(result.timings.total),
+           .compute_seconds =
+               seconds(result.timings.encode + result.timings.denoise + result.timings.decode),
+           .peak_memory_bytes = result.peak_memory_bytes,
+           .quality = result.quality});
+    } catch (...) {
+      // Monitoring never costs a request its result.
+    }
+  }
+
+  // The engine's side of a monitor's sample: each device's ledger and the queue.
+  monitor::EngineReading engine_reading() const {
+    monitor::EngineReading reading;
+    for (const auto& ledger : ledgers) {
+      const memory::LedgerSnapshot figures = ledger->snapshot();
+      monitor::DeviceSample device;
+      device.device = figures.device.str();
+      device.allocated_bytes = figures.used_bytes;
+      device.reserved_bytes = figures.weights_bytes + figures.staging_bytes + figures.pool_bytes +
+                              figures.untracked_bytes;
+      device.total_bytes = figures.budget_bytes;
+      reading.devices.push_back(std::move(device));
+    }
+    const std::lock_guard lock(mutex);
+    for (const auto& [id, entry] : book) ++(entry.running ? reading.running : reading.queued);
+    return reading;
   }
 
   DeviceState& device(std::size_t index) {
@@ -309,6 +353,7 @@ EngineCore::EngineCore(Config config, const Clock& clock, MachineInfo machine, E
 }
 
 EngineCore::~EngineCore() {
+  set_monitor(nullptr);
   state_->manager->stop();
 }
 
@@ -736,6 +781,19 @@ void EngineCore::set_quality_controller(
     std::shared_ptr<tune::AdaptiveQualityController> controller) {
   const std::lock_guard lock(state_->controller_mutex);
   state_->controller = std::move(controller);
+}
+
+void EngineCore::set_monitor(std::shared_ptr<monitor::PerformanceMonitor> observer) {
+  std::shared_ptr<monitor::PerformanceMonitor> previous;
+  {
+    const std::lock_guard lock(state_->monitor_mutex);
+    previous = std::exchange(state_->monitor, observer);
+  }
+  // Detaching waits for a sample in progress, so no sample reads this engine once it is gone.
+  if (previous && previous != observer) previous->set_engine_source({});
+  if (observer) {
+    observer->set_engine_source([state = state_.get()] { return state->engine_reading(); });
+  }
 }
 
 std::shared_ptr<tune::AdaptiveQualityController> EngineCore::quality_controller() const {

@@ -45,6 +45,7 @@ class AnyEngine {
   bool cancel(RequestId id);
   void shutdown(ShutdownMode mode = ShutdownMode::drain);
   void set_quality_controller(std::shared_ptr<tune::AdaptiveQualityController> controller);
+  void set_monitor(std::shared_ptr<monitor::PerformanceMonitor> monitor);
   EngineStats stats() const;
   std::size_t device_count() const;
   Device device(std::size_t index) const;

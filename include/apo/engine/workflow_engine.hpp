@@ -253,6 +253,13 @@ class WorkflowEngine {
     core_.set_quality_controller(std::move(controller));
   }
 
+  /// @brief Reports to `monitor` (nullptr: to none): every result as it ends (its workflow,
+  /// times, peak memory and quality), and at each of the monitor's samples each device's ledger
+  /// and the queue. The engine detaches itself when it is destroyed. Thread-safe.
+  void set_monitor(std::shared_ptr<monitor::PerformanceMonitor> monitor) {
+    core_.set_monitor(std::move(monitor));
+  }
+
   EngineStats stats() const { return core_.stats(); }
   std::size_t device_count() const noexcept { return placement_.device_count(); }
   Device device(std::size_t index) const { return placement_.device(index); }

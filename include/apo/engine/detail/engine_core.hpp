@@ -25,6 +25,9 @@
 namespace apo::tune {
 class AdaptiveQualityController;
 }  // namespace apo::tune
+namespace apo::monitor {
+class PerformanceMonitor;
+}  // namespace apo::monitor
 
 namespace apo::engine::detail {
 
@@ -103,6 +106,8 @@ class EngineCore {
   /// @brief Turns adaptive quality on (a controller) or off (nullptr); see WorkflowEngine.
   void set_quality_controller(std::shared_ptr<tune::AdaptiveQualityController> controller);
   std::shared_ptr<tune::AdaptiveQualityController> quality_controller() const;
+  /// @brief Reports to a monitor (nullptr: none); see WorkflowEngine::set_monitor.
+  void set_monitor(std::shared_ptr<monitor::PerformanceMonitor> monitor);
 
  private:
   struct State;
