@@ -245,8 +245,8 @@ int main(int argc, char** argv) {
     const auto compress = [&](apo::models::Codec codec, int level, std::vector<std::byte>& out) {
       return apo::bench::median_seconds(
           [&] {
-            out =
-                apo::models::compress(sample, {.codec = codec, .level = level, .threads = workers});
+            out = apo::models::compress(
+                sample, {.codec = codec, .level = level, .threads = workers, .on_progress = {}});
           },
           1, 0.0);
     };

@@ -22,6 +22,10 @@
 #include "apo/quant/state_dict.hpp"
 #include "apo/tune/presets.hpp"
 #include "apo/version.hpp"
+#include "bench_commands.hpp"
+#include "doctor_command.hpp"
+#include "monitor_commands.hpp"
+#include "progress.hpp"
 #include "reference_commands.hpp"
 
 namespace {
@@ -193,6 +197,9 @@ int run_models_inspect(const std::string& path, bool as_json) {
   return 0;
 }
 
+// Model files smaller than this are done before a progress bar would say anything useful.
+constexpr std::int64_t kProgressMinBytes = std::int64_t{64} << 20;
+
 int run_models_compress(const std::string& input, std::optional<std::string> output,
                         const std::string& codec_name, std::optional<int> level, int threads) {
   const auto codec = apo::parse_enum<apo::models::Codec>(codec_name);
@@ -201,8 +208,17 @@ int run_models_compress(const std::string& input, std::optional<std::string> out
     return kExitUsage;
   }
   const std::string target = output.value_or(input + std::string(apo::models::file_suffix(*codec)));
-  const auto report = apo::models::compress_file(
-      input, target, {.codec = *codec, .level = level, .threads = threads});
+  apo::models::CompressionOptions options;
+  options.codec = *codec;
+  options.level = level;
+  options.threads = threads;
+  // On stderr, as the bars of quantize, whose stdout may be JSON.
+  apo::cli::ProgressBar bar("bytes", stderr);
+  options.on_progress = [&bar](std::int64_t done, std::int64_t total) {
+    if (total >= kProgressMinBytes) bar.show("compressing", done, total);
+  };
+  const auto report = apo::models::compress_file(input, target, options);
+  bar.finish();
   // Loading decompresses: time it too, as that is what every later start pays.
   const auto start = std::chrono::steady_clock::now();
   const auto file = apo::models::SafetensorsFile::open(target);
@@ -259,7 +275,13 @@ int run_models_quantize(const std::string& input, const std::string& output,
     rules.spec = {*format,
                   apo::quant::traits(*format).scaled ? *scaling : apo::quant::Scaling::none};
   }
-  const auto quantized = apo::quant::quantize_state_dict(tensors, rules);
+  // On stderr: stdout may be the JSON report.
+  apo::cli::ProgressBar bar("bytes", stderr);
+  const auto quantized = apo::quant::quantize_state_dict(
+      tensors, rules, [&bar](std::int64_t done, std::int64_t total) {
+        if (total >= kProgressMinBytes) bar.show("quantizing", done, total);
+      });
+  bar.finish();
   apo::models::write_model_weights(output, quantized.tensors, file.metadata());
   if (as_json) {
     fmt::print("{}\n", quantized.report.to_json());
@@ -349,6 +371,12 @@ int main(int argc, char** argv) {
 
   apo::cli::ReferenceCommands reference;
   reference.add(app);
+  apo::cli::BenchCommands bench;
+  bench.add(app);
+  apo::cli::DoctorCommand doctor;
+  doctor.add(app);
+  apo::cli::MonitorCommands monitor_commands;
+  monitor_commands.add(app);
 
   try {
     app.parse(argc, argv);
@@ -359,6 +387,9 @@ int main(int argc, char** argv) {
 
   try {
     if (auto code = reference.run()) return *code;
+    if (auto code = bench.run()) return *code;
+    if (auto code = doctor.run()) return *code;
+    if (auto code = monitor_commands.run()) return *code;
     if (*probe) return run_probe(as_json, kernel_check);
     if (*recommend) return run_recommend(profile, workflow, as_json);
     if (*presets) return run_presets(as_json);

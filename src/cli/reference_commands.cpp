@@ -1,6 +1,5 @@
 #include "reference_commands.hpp"
 
-#include <unistd.h>
 #include <cstdio>
 #include <string>
 
@@ -8,38 +7,11 @@
 
 #include "apo/ref/demo.hpp"
 #include "apo/ref/training.hpp"
+#include "progress.hpp"
 
 namespace apo::cli {
 
 namespace {
-
-/// One line that redraws itself on a terminal, and prints at most every 10% elsewhere.
-class ProgressLine {
- public:
-  void show(const std::string& label, int done, int total, const std::string& detail) {
-    const int percent = total > 0 ? done * 100 / total : 100;
-    if (!terminal_ && label == label_ && percent / 10 == shown_ / 10 && done != total) return;
-    if (label != label_ && !label_.empty() && terminal_) std::fputs("\n", stdout);
-    label_ = label;
-    shown_ = percent;
-    constexpr int kWidth = 30;
-    const int filled = total > 0 ? done * kWidth / total : kWidth;
-    fmt::print("{}{:<16} [{}{}] {:>3}% {}{}", terminal_ ? "\r" : "", label,
-               std::string(static_cast<std::size_t>(filled), '#'),
-               std::string(static_cast<std::size_t>(kWidth - filled), '.'), percent, detail,
-               terminal_ ? "" : "\n");
-    std::fflush(stdout);
-  }
-  void finish() {
-    if (terminal_ && !label_.empty()) std::fputs("\n", stdout);
-    label_.clear();
-  }
-
- private:
-  bool terminal_ = isatty(fileno(stdout)) != 0;
-  std::string label_;
-  int shown_ = -1;
-};
 
 std::string mib(std::int64_t bytes) {
   return fmt::format("{:.1f} MiB", static_cast<double>(bytes) / (1 << 20));
@@ -88,6 +60,7 @@ void ReferenceCommands::add(CLI::App& app) {
   demo_->add_option("--seed", demo_seed_, "Seed of the trace")->capture_default_str();
   demo_->add_flag("--no-full-precision", demo_skip_full_precision_,
                   "Skip the float32 pass that SSIM is measured against");
+  demo_trace_.add(demo_);
 
   train_ = app.add_subcommand(
       "train-reference",
@@ -110,14 +83,15 @@ std::optional<int> ReferenceCommands::run() {
     options.per_workflow = demo_per_workflow_;
     options.seed = demo_seed_;
     options.compare_full_precision = !demo_skip_full_precision_;
-    ProgressLine line;
+    ProgressBar line("requests");
     options.on_progress = [&line](const ref::DemoProgress& progress) {
-      line.show(progress.pass, progress.done, progress.total,
-                fmt::format("{}/{} requests", progress.done, progress.total));
+      line.show(progress.pass, progress.done, progress.total);
     };
+    demo_trace_.start();
     const ref::DemoReport report = ref::run_demo(options);
     line.finish();
     print_demo_report(report, demo_output_);
+    demo_trace_.finish();
     return report.failures.empty() ? 0 : 1;
   }
   if (train_ && *train_) {
@@ -126,10 +100,10 @@ std::optional<int> ReferenceCommands::run() {
     options.seed = train_seed_;
     options.scale = train_scale_;
     options.threads = train_threads_;
-    ProgressLine line;
+    ProgressBar line("steps");
     options.on_progress = [&line](const ref::TrainProgress& progress) {
       line.show(progress.stage, progress.step, progress.steps,
-                fmt::format("loss {:.4f}  {:.0f} s", progress.loss, progress.elapsed_s));
+                fmt::format("loss {:.4f}", progress.loss));
     };
     const ref::TrainReport report = ref::train_reference(options);
     line.finish();

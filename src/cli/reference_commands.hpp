@@ -8,6 +8,8 @@
 
 #include <CLI/CLI.hpp>
 
+#include "trace_option.hpp"
+
 namespace apo::cli {
 
 class ReferenceCommands {
@@ -23,6 +25,7 @@ class ReferenceCommands {
   int demo_per_workflow_ = 2;
   std::uint64_t demo_seed_ = 1;
   bool demo_skip_full_precision_ = false;
+  TraceOption demo_trace_;
 
   CLI::App* train_ = nullptr;
   std::string train_output_ = "assets/reference";

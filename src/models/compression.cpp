@@ -61,6 +61,10 @@ lzma_ret run_lzma(lzma_stream& stream, std::span<const std::byte> input, Sink&& 
   }
 }
 
+void report_progress(const CompressionOptions& options, std::int64_t done, std::size_t total) {
+  if (options.on_progress) options.on_progress(done, static_cast<std::int64_t>(total));
+}
+
 // Streams `input` through a compressor, handing each output chunk to `sink`.
 template <class Sink>
 void compress_stream(std::span<const std::byte> input, const CompressionOptions& options,
@@ -85,6 +89,7 @@ void compress_stream(std::span<const std::byte> input, const CompressionOptions&
       }
       sink(std::span<const std::byte>(chunk.data(), out.pos));
       done = remaining == 0;
+      report_progress(options, static_cast<std::int64_t>(in.pos), input.size());
     }
     return;
   }
@@ -98,7 +103,11 @@ void compress_stream(std::span<const std::byte> input, const CompressionOptions&
          mt.threads);
   }
   std::unique_ptr<lzma_stream, decltype(&lzma_end)> guard(&stream, lzma_end);
-  if (const lzma_ret ret = run_lzma(stream, input, sink); ret != LZMA_STREAM_END) {
+  const auto report = [&](std::span<const std::byte> chunk) {
+    sink(chunk);
+    report_progress(options, static_cast<std::int64_t>(stream.total_in), input.size());
+  };
+  if (const lzma_ret ret = run_lzma(stream, input, report); ret != LZMA_STREAM_END) {
     fail(ErrorCode::Internal, "xz compression failed (lzma error {})", +ret);
   }
 }

@@ -125,9 +125,14 @@ std::string TensorSelection::keep_reason(const std::string& name, const at::Tens
 
 }  // namespace detail
 
-QuantizedStateDict quantize_state_dict(const NamedTensors& state_dict,
-                                       const QuantizationRules& rules) {
+QuantizedStateDict quantize_state_dict(
+    const NamedTensors& state_dict, const QuantizationRules& rules,
+    const std::function<void(std::int64_t done_bytes, std::int64_t total_bytes)>& on_progress) {
   const detail::TensorSelection selection(rules);
+  std::int64_t total_bytes = 0;
+  for (const auto& entry : state_dict) {
+    if (entry.second.defined()) total_bytes += static_cast<std::int64_t>(entry.second.nbytes());
+  }
   QuantizedStateDict result;
   QuantizationReport& report = result.report;
   double snr_sum = 0;
@@ -176,6 +181,7 @@ QuantizedStateDict quantize_state_dict(const NamedTensors& state_dict,
     report.bytes_before += entry.bytes_before;
     report.bytes_after += entry.bytes_after;
     report.tensors.push_back(std::move(entry));
+    if (on_progress) on_progress(report.bytes_before, total_bytes);
   }
   report.mean_snr_db = snr_count > 0 ? snr_sum / snr_count : report.min_snr_db;
   return result;

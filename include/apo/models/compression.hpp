@@ -9,6 +9,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
+#include <functional>
 #include <optional>
 #include <span>
 #include <string>
@@ -50,6 +51,10 @@ struct CompressionOptions {
   std::optional<int> level;
   /// Worker threads; 0 means one per core.
   int threads = 0;
+  /// Called as the input is handed to the encoder, with (bytes handed, input bytes), and once
+  /// more at the end with both equal; unset: not called. With worker threads the encoder takes
+  /// input a few megabytes ahead of what it has compressed.
+  std::function<void(std::int64_t done_bytes, std::int64_t total_bytes)> on_progress;
 };
 
 struct CompressionReport {

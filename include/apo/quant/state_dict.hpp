@@ -7,6 +7,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -83,8 +84,10 @@ struct QuantizedStateDict {
 
 /// @brief Quantizes the tensors `rules` select and keeps the rest. Throws apo::Error naming the
 /// tensor for NaN or infinity in a tensor it quantizes, and naming the pattern for an invalid
-/// regular expression. Non-floating tensors (integer buffers) are kept.
-QuantizedStateDict quantize_state_dict(const NamedTensors& state_dict,
-                                       const QuantizationRules& rules = {});
+/// regular expression. Non-floating tensors (integer buffers) are kept. `on_progress`, when set,
+/// is called after each tensor with (input bytes done, input bytes in all).
+QuantizedStateDict quantize_state_dict(
+    const NamedTensors& state_dict, const QuantizationRules& rules = {},
+    const std::function<void(std::int64_t done_bytes, std::int64_t total_bytes)>& on_progress = {});
 
 }  // namespace apo::quant
