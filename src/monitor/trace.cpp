@@ -23,6 +23,20 @@ std::uint32_t this_thread_number() {
 }
 
 std::string json_string(std::string_view text) {
+  // Names and arguments are nearly always plain: quote them directly, and leave escaping
+  // (quotes, backslashes, control bytes, invalid UTF-8) to nlohmann-json.
+  const bool plain = std::all_of(text.begin(), text.end(), [](char c) {
+    const auto byte = static_cast<unsigned char>(c);
+    return byte >= 0x20 && byte < 0x80 && c != '"' && c != '\\';
+  });
+  if (plain) {
+    std::string quoted;
+    quoted.reserve(text.size() + 2);
+    quoted += '"';
+    quoted += text;
+    quoted += '"';
+    return quoted;
+  }
   return nlohmann::json(std::string(text))
       .dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
 }

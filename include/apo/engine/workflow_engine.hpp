@@ -338,10 +338,10 @@ class WorkflowEngine {
   }
 
   // Scheduling in the trace: each batch placed (an instant on the dispatcher's thread) and the
-  // queue's length (a counter).
+  // queue's length then (a counter; rounds that place nothing add nothing).
   void trace_round(const sched::DispatchRound& round) {
     monitor::Tracer& tracer = monitor::Tracer::global();
-    if (!tracer.enabled()) return;
+    if (!tracer.enabled() || round.placed.empty()) return;
     for (const sched::Placed& placed : round.placed) {
       tracer.instant("schedule batch", "scheduling",
                      monitor::trace_arg("device", static_cast<double>(placed.device)) + "," +
