@@ -7,9 +7,9 @@
 
 #include <ATen/ATen.h>
 
-#include "cpu_allocation_counter.hpp"
 #include "apo/core/error.hpp"
 #include "apo/ref/attention.hpp"
+#include "cpu_allocation_counter.hpp"
 
 namespace attention_test {
 

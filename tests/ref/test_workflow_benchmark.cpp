@@ -10,24 +10,14 @@
 
 #include "apo/core/error.hpp"
 #include "apo/ref/workflow_benchmark.hpp"
+#include "ref_test_support.hpp"
 
 namespace workflow_benchmark_test {
 
 namespace fs = std::filesystem;
 namespace ref = apo::ref;
 
-const fs::path kBenchModels = fs::path(APO_TEST_DATA_DIR) / ".." / ".." / "assets" / "reference";
-
-apo::Config bench_config() {
-  apo::Config config;
-  config.performance.max_memory_usage_gib = 4.0;
-  config.performance.model_precision = apo::Precision::fp32;
-  config.system.max_cpu_threads = 1;
-  config.scheduling.max_queue_delay_ms = 0;
-  config.memory.cleanup_interval_s = 3600;
-  config.storage.model_cache_path = kBenchModels.string();
-  return config;
-}
+using ref_test::kModels;
 
 // A report with one workflow whose metrics have the given means (one value each).
 ref::WorkflowBenchmarkReport synthetic(double wall_s, double peak_bytes, double judge,
@@ -77,8 +67,8 @@ TEST_CASE("WorkflowBenchmark runs workflows from a cold start and summarises eac
   ref::WorkflowBenchmarkOptions options;
   options.workflows = {"newbie_anime", "qwen_edit"};
   options.iterations = 1;
-  options.models_dir = kBenchModels;
-  options.config = bench_config();
+  options.models_dir = kModels;
+  options.config = ref_test::engine_config();
   std::vector<ref::WorkflowBenchmarkProgress> seen;
   options.on_progress = [&](const ref::WorkflowBenchmarkProgress& p) { seen.push_back(p); };
   const ref::WorkflowBenchmarkReport report = ref::WorkflowBenchmark(options).run();

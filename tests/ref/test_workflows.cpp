@@ -14,6 +14,7 @@
 #include "apo/ref/models.hpp"
 #include "apo/ref/workflows.hpp"
 #include "apo/ref/world.hpp"
+#include "ref_test_support.hpp"
 
 namespace workflows_test {
 
@@ -22,21 +23,10 @@ using apo::Request;
 using apo::engine::AnyEngine;
 using apo::engine::Result;
 
-const fs::path kModels = fs::path(APO_TEST_DATA_DIR) / ".." / ".." / "assets" / "reference";
-
-apo::Config test_config() {
-  apo::Config config;
-  config.performance.max_memory_usage_gib = 4.0;
-  config.performance.model_precision = apo::Precision::fp32;
-  config.system.max_cpu_threads = 1;
-  config.scheduling.max_queue_delay_ms = 0;
-  config.memory.cleanup_interval_s = 3600;
-  config.storage.model_cache_path = kModels.string();
-  return config;
-}
+using ref_test::kModels;
 
 struct Engine {
-  explicit Engine(const apo::Config& config = test_config()) : engine(config) {
+  explicit Engine(const apo::Config& config = ref_test::engine_config()) : engine(config) {
     apo::ref::ReferenceWorkflowOptions options;
     options.models_dir = kModels;
     options.config = config;
@@ -122,10 +112,10 @@ TEST_CASE("a request gives the same picture for its seed, alone or in a batch", 
 }
 
 TEST_CASE("sliced attention gives the pictures of full attention", "[workflows]") {
-  apo::Config sliced = test_config();
+  apo::Config sliced = ref_test::engine_config();
   sliced.attention.enable_attention_slicing = true;
   sliced.attention.slice_size = 1;
-  apo::Config full = test_config();
+  apo::Config full = ref_test::engine_config();
   full.attention.enable_attention_slicing = false;
   const Request r = trace_request("wan_alpha");
   const Result a = Engine(sliced).run(r);
@@ -138,7 +128,7 @@ TEST_CASE("sliced attention gives the pictures of full attention", "[workflows]"
 }
 
 TEST_CASE("workflows honour their configuration blocks", "[workflows]") {
-  apo::Config config = test_config();
+  apo::Config config = ref_test::engine_config();
   config.newbie.scheduler = apo::Sampler::dpm_solver_multistep;
   config.newbie.num_inference_steps = 12;
   config.qwen.use_lightning_lora = true;
@@ -175,7 +165,7 @@ TEST_CASE("workflows honour their configuration blocks", "[workflows]") {
 }
 
 TEST_CASE("lightning mode runs 4 steps with the LoRA merged by the model cache", "[workflows]") {
-  apo::Config config = test_config();
+  apo::Config config = ref_test::engine_config();
   config.qwen.use_lightning_lora = true;
   Engine engine(config);
   Request r = trace_request("qwen_edit");
@@ -209,7 +199,7 @@ TEST_CASE("reference workflows refuse requests they cannot run", "[workflows]") 
 }
 
 TEST_CASE("qwen_layered reuses cached layers", "[workflows]") {
-  apo::Config config = test_config();
+  apo::Config config = ref_test::engine_config();
   config.qwen.enable_layer_caching = true;
   config.qwen.max_concurrent_layers = 2;
   Engine engine(config);
