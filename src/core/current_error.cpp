@@ -2,12 +2,15 @@
 
 #include <exception>
 #include <new>
+#include <string_view>
 
 #include <c10/util/Exception.h>
 
 namespace apo {
 
 namespace {
+
+constexpr std::string_view kCpuAllocationFailure = "DefaultCPUAllocator: can't allocate memory";
 
 ErrorReport classify_current() {
   try {
@@ -19,7 +22,12 @@ ErrorReport classify_current() {
   } catch (const std::bad_alloc&) {
     return {ErrorCode::OutOfMemory, "host memory ran out (std::bad_alloc)"};
   } catch (const c10::Error& error) {
-    return {ErrorCode::Internal, error.what_without_backtrace()};
+    // torch reports a failed CPU allocation as a plain c10::Error with this message.
+    const std::string message = error.what_without_backtrace();
+    if (message.find(kCpuAllocationFailure) != std::string::npos) {
+      return {ErrorCode::OutOfMemory, message};
+    }
+    return {ErrorCode::Internal, message};
   } catch (const std::exception& error) {
     return {ErrorCode::Internal, error.what()};
   } catch (...) {

@@ -12,15 +12,14 @@
 #include <exception>
 #include <future>
 #include <mutex>
-#include <new>
 #include <unordered_map>
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
-#include <c10/util/Exception.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
 
+#include "apo/core/current_error.hpp"
 #include "apo/core/error.hpp"
 #include "apo/core/units.hpp"
 #include "apo/memory/caching_pool.hpp"
@@ -706,19 +705,14 @@ std::vector<Result> EngineCore::State::execute(std::size_t index, std::span<cons
           std::chrono::duration<double>(compute).count() / static_cast<double>(requests.size());
       for (const Result& result : results) controller->observe(per_request_s, result.quality);
     }
-  } catch (const c10::OutOfMemoryError& e) {
-    failure = Failure{Status::out_of_memory, e.what_without_backtrace()};
-  } catch (const std::bad_alloc&) {
-    failure = Failure{Status::out_of_memory, "host memory ran out (std::bad_alloc)"};
-  } catch (const Error& e) {
-    failure = Failure{e.code() == ErrorCode::OutOfMemory ? Status::out_of_memory
-                      : e.code() == ErrorCode::Cancelled ? Status::cancelled
-                                                         : Status::failed,
-                      e.what()};
-  } catch (const c10::Error& e) {
-    failure = Failure{Status::failed, e.what_without_backtrace()};
-  } catch (const std::exception& e) {
-    failure = Failure{Status::failed, e.what()};
+  } catch (...) {
+    // The hosts' mapping: torch's out-of-memory errors (device and CPU) and bad_alloc split the
+    // batch like apo's own.
+    ErrorReport report = current_error_report();
+    failure = Failure{report.code == ErrorCode::OutOfMemory ? Status::out_of_memory
+                      : report.code == ErrorCode::Cancelled ? Status::cancelled
+                                                            : Status::failed,
+                      std::move(report.message)};
   }
   if (!failure) {
     for (Result& result : results) result.peak_memory_bytes = window.peak_bytes();

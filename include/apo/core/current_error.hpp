@@ -18,7 +18,8 @@ struct ErrorReport {
 
 /// @brief Classifies the exception being handled; call it only inside a catch block.
 ///
-/// apo::Error keeps its code and what(); torch's OutOfMemoryError and std::bad_alloc are
+/// apo::Error keeps its code and what(); torch's OutOfMemoryError, its failed CPU allocations
+/// (a c10::Error saying "DefaultCPUAllocator: can't allocate memory") and std::bad_alloc are
 /// OutOfMemory; other torch errors (c10::Error) and std::exceptions are Internal, with torch's
 /// message without its C++ backtrace. Never throws: a failure to copy the message leaves it empty.
 ErrorReport current_error_report() noexcept;

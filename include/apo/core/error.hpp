@@ -28,12 +28,13 @@ enum class ErrorCode : int {
   TimedOut = 9,         ///< a deadline passed
   Rejected = 10,        ///< a queue or a policy refused the work
   Internal = 11,        ///< a bug in apo
+  WorkflowFailed = 12,  ///< a workflow (or a model file it read) failed while running a request
 };
 
 template <>
 struct EnumTraits<ErrorCode> {
   static constexpr std::string_view noun = "error code";
-  static constexpr std::array<EnumEntry<ErrorCode>, 11> entries{{
+  static constexpr std::array<EnumEntry<ErrorCode>, 12> entries{{
       {ErrorCode::InvalidArgument, "InvalidArgument"},
       {ErrorCode::InvalidConfig, "InvalidConfig"},
       {ErrorCode::NotFound, "NotFound"},
@@ -45,6 +46,7 @@ struct EnumTraits<ErrorCode> {
       {ErrorCode::TimedOut, "TimedOut"},
       {ErrorCode::Rejected, "Rejected"},
       {ErrorCode::Internal, "Internal"},
+      {ErrorCode::WorkflowFailed, "WorkflowFailed"},
   }};
 };
 

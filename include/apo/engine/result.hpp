@@ -54,6 +54,26 @@ struct apo::EnumTraits<apo::engine::Status> {
 
 namespace apo::engine {
 
+/// @brief The error a request that ended with `status` reports to a host (the C ABI's status, the
+/// Python exception); nullopt for ok.
+constexpr std::optional<ErrorCode> error_code(Status status) noexcept {
+  switch (status) {
+    case Status::ok:
+      return std::nullopt;
+    case Status::cancelled:
+      return ErrorCode::Cancelled;
+    case Status::timed_out:
+      return ErrorCode::TimedOut;
+    case Status::rejected:
+      return ErrorCode::Rejected;
+    case Status::out_of_memory:
+      return ErrorCode::OutOfMemory;
+    case Status::failed:
+      return ErrorCode::WorkflowFailed;
+  }
+  return ErrorCode::Internal;
+}
+
 /// @brief The stages a request's time is spent in, as a workflow reports them (Context::stage).
 enum class Stage { model_load, encode, denoise, decode };
 
