@@ -19,8 +19,10 @@ sudo_if_needed() {
 }
 
 # libjemalloc-dev and pkg-config: jemalloc is a baseline of bench_memory (optional to the build).
+# abigail-tools: the C ABI's check against its committed baseline (capi/abi/check.sh).
 packages=(cmake ninja-build g++ libfmt-dev nlohmann-json3-dev catch2 libcli11-dev pybind11-dev
-  libzstd-dev liblzma-dev libpng-dev libgif-dev libcpp-httplib-dev clang libclang-rt-14-dev libjemalloc-dev pkg-config)
+  libzstd-dev liblzma-dev libpng-dev libgif-dev libcpp-httplib-dev clang libclang-rt-14-dev
+  libjemalloc-dev pkg-config abigail-tools)
 python_include=$("$PYTHON" -c 'import sysconfig; print(sysconfig.get_paths()["include"])')
 [ -f "$python_include/Python.h" ] || packages+=(python3-dev)
 missing=()
