@@ -234,14 +234,59 @@ int run_models_compress(const std::string& input, std::optional<std::string> out
   return 0;
 }
 
+// ComfyUI's scaled-fp8 layout (see apo::quant::comfyui_scaled_fp8): stock ComfyUI loads the file
+// with its own loaders, no apo needed.
+int run_models_quantize_comfyui(const apo::models::SafetensorsFile& file,
+                                const apo::quant::NamedTensors& tensors, const std::string& output,
+                                const std::string& format_name, bool scaling_given,
+                                const std::string& scaling_name,
+                                const std::vector<std::string>& keep, bool as_json) {
+  const auto format = apo::parse_enum<apo::quant::QFormat>(format_name);
+  if (!format ||
+      (*format != apo::quant::QFormat::fp8_e4m3 && *format != apo::quant::QFormat::fp8_e5m2)) {
+    fmt::print(stderr, "apo: --layout comfyui takes --format fp8_e4m3 or fp8_e5m2, not \"{}\"\n",
+               format_name);
+    return kExitUsage;
+  }
+  if (scaling_given && scaling_name != "per_tensor") {
+    fmt::print(stderr,
+               "apo: --layout comfyui scales per tensor (ComfyUI's scale_weight), not \"{}\"\n",
+               scaling_name);
+    return kExitUsage;
+  }
+  apo::cli::ProgressBar bar("bytes", stderr);
+  const auto exported = apo::quant::comfyui_scaled_fp8(
+      tensors, *format, keep, [&bar](std::int64_t done, std::int64_t total) {
+        if (total >= kProgressMinBytes) bar.show("quantizing", done, total);
+      });
+  bar.finish();
+  std::vector<apo::models::NamedTensor> named;
+  named.reserve(exported.tensors.size());
+  for (const auto& [name, tensor] : exported.tensors) named.push_back({name, tensor});
+  apo::models::save_safetensors(output, named, file.metadata());
+  if (as_json) {
+    fmt::print("{}\n", exported.report.to_json());
+    return 0;
+  }
+  fmt::print("{}", exported.report.to_table());
+  fmt::print("wrote {} in ComfyUI's scaled-fp8 layout (diffusion model prefix \"{}\")\n", output,
+             exported.prefix);
+  return 0;
+}
+
 // Quantizes a model file: "auto" picks the best format that fits this machine's memory (device
 // 0's budget, else the host's), as the engine would.
 int run_models_quantize(const std::string& input, const std::string& output,
                         const std::string& format_name, const std::string& scaling_name,
+                        bool scaling_given, const std::string& layout,
                         const std::vector<std::string>& keep, bool as_json) {
   const auto file = apo::models::SafetensorsFile::open(input);
   apo::quant::NamedTensors tensors;
   for (const auto& entry : file.tensors()) tensors.emplace_back(entry.name, file.view(entry.name));
+  if (layout == "comfyui") {
+    return run_models_quantize_comfyui(file, tensors, output, format_name, scaling_given,
+                                       scaling_name, keep, as_json);
+  }
   apo::quant::QuantizationRules rules;
   for (const auto& pattern : keep) rules.keep_patterns.push_back(pattern);
   const auto scaling = apo::parse_enum<apo::quant::Scaling>(scaling_name);
@@ -365,7 +410,14 @@ int main(int argc, char** argv) {
   quantize->add_option("output", quantized_file, "Where to write the quantized file")->required();
   quantize->add_option("--format", format,
                        "fp8_e4m3 (default), fp8_e5m2, int8, fp16, bf16 or auto");
-  quantize->add_option("--scaling", scaling, "per_row (default) or per_tensor");
+  auto* scaling_option =
+      quantize->add_option("--scaling", scaling, "per_row (default) or per_tensor");
+  std::string layout = "apo";
+  quantize
+      ->add_option("--layout", layout,
+                   "apo (default: scales beside the weights, for apo) or comfyui (ComfyUI's "
+                   "scaled-fp8 checkpoint layout, for stock ComfyUI)")
+      ->check(CLI::IsMember({"apo", "comfyui"}));
   quantize->add_option("--keep", keep, "Also keep tensors matching this regex (repeatable)");
   quantize->add_flag("--json", as_json, "Print the report as JSON");
 
@@ -398,7 +450,8 @@ int main(int argc, char** argv) {
     if (*inspect) return run_models_inspect(model_file, as_json);
     if (*compress) return run_models_compress(model_file, compressed_file, codec, level, threads);
     if (*quantize) {
-      return run_models_quantize(model_file, quantized_file, format, scaling, keep, as_json);
+      return run_models_quantize(model_file, quantized_file, format, scaling,
+                                 scaling_option->count() > 0, layout, keep, as_json);
     }
   } catch (const apo::ConfigError& error) {
     print_problems(error);

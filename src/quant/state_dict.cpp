@@ -187,6 +187,70 @@ QuantizedStateDict quantize_state_dict(
   return result;
 }
 
+std::string comfyui_diffusion_prefix(const NamedTensors& state_dict) {
+  constexpr std::string_view kCheckpointPrefix = "model.diffusion_model.";
+  for (const auto& entry : state_dict) {
+    if (entry.first.starts_with(kCheckpointPrefix)) return std::string(kCheckpointPrefix);
+  }
+  return {};
+}
+
+ComfyUIExport comfyui_scaled_fp8(
+    const NamedTensors& state_dict, QFormat format, const std::vector<std::string>& keep_patterns,
+    const std::function<void(std::int64_t done_bytes, std::int64_t total_bytes)>& on_progress) {
+  if (format != QFormat::fp8_e4m3 && format != QFormat::fp8_e5m2) {
+    fail(ErrorCode::InvalidArgument,
+         "ComfyUI's scaled-fp8 layout stores fp8_e4m3 or fp8_e5m2 weights, not {}",
+         to_string(format));
+  }
+  ComfyUIExport out;
+  out.prefix = comfyui_diffusion_prefix(state_dict);
+  const std::string marker = out.prefix + "scaled_fp8";
+  // The linear weights: ComfyUI's scaled_fp8 operations replace Linear only, and every one.
+  NamedTensors linear;
+  for (const auto& [name, tensor] : state_dict) {
+    if (name == marker) {
+      detail::fail_tensor(ErrorCode::InvalidArgument, name,
+                          "the state dict is already in ComfyUI's scaled-fp8 layout");
+    }
+    if (tensor.defined() && name.starts_with(out.prefix) && name.ends_with(".weight") &&
+        tensor.dim() == 2 && tensor.is_floating_point()) {
+      linear.emplace_back(name, tensor);
+    }
+  }
+  if (linear.empty()) {
+    fail(ErrorCode::InvalidArgument, "no linear (2-d) weight under the prefix '{}' to quantize",
+         out.prefix);
+  }
+  QuantizationRules rules;
+  rules.spec = {format, Scaling::per_tensor};
+  rules.quantize_patterns = {"."};
+  rules.keep_patterns = keep_patterns;
+  rules.min_elements = 0;
+  QuantizedStateDict quantized = quantize_state_dict(linear, rules, on_progress);
+  std::unordered_map<std::string, const QTensor*> by_name;
+  for (const QTensor& q : quantized.tensors) {
+    if (q.format() != QFormat::none) by_name.emplace(q.name(), &q);
+  }
+  constexpr std::string_view kWeight = ".weight";
+  for (const auto& [name, tensor] : state_dict) {
+    const auto found = by_name.find(name);
+    if (found == by_name.end()) {
+      out.tensors.emplace_back(name, tensor);
+      continue;
+    }
+    const QTensor& q = *found->second;
+    out.tensors.emplace_back(name, q.data());
+    const std::string layer = name.substr(0, name.size() - kWeight.size());
+    // A 0-d float32 scale: the shape of the parameter ComfyUI creates for it.
+    out.tensors.emplace_back(layer + ".scale_weight", q.scales().to(at::kFloat).reshape({}));
+  }
+  out.tensors.emplace_back(marker,
+                           at::zeros({2}, at::kFloat).to(storage_dtype(format, at::kFloat)));
+  out.report = std::move(quantized.report);
+  return out;
+}
+
 std::string QuantizationReport::to_table() const {
   std::string out =
       fmt::format("{:<48} {:<20} {:>12} {:>12} {:>9} {:>10} {:>11}  {}\n", "tensor", "format",

@@ -90,4 +90,31 @@ QuantizedStateDict quantize_state_dict(
     const NamedTensors& state_dict, const QuantizationRules& rules = {},
     const std::function<void(std::int64_t done_bytes, std::int64_t total_bytes)>& on_progress = {});
 
+/// @brief The key prefix of the diffusion model in a ComfyUI checkpoint: "model.diffusion_model."
+/// when any tensor name starts with it (a full checkpoint with text encoder and VAE), otherwise ""
+/// (a diffusion-model-only file, as ComfyUI's diffusion model loader reads).
+std::string comfyui_diffusion_prefix(const NamedTensors& state_dict);
+
+/// @brief A state dict in ComfyUI's own scaled-fp8 layout, and the report of its quantization.
+struct ComfyUIExport {
+  NamedTensors tensors;
+  QuantizationReport report;
+  std::string prefix;  ///< the diffusion model's key prefix that was used
+};
+
+/// @brief ComfyUI's scaled-fp8 checkpoint layout (comfy/model_detection.py reads the marker,
+/// comfy/ops.py scaled_fp8_ops the scales): under the diffusion model's prefix, every linear
+/// weight (a floating-point 2-d ".weight"; ComfyUI makes every Linear of such a model fp8) is
+/// stored in `format` with one float32 scale, a 0-d tensor "<layer>.scale_weight" beside it;
+/// "<prefix>scaled_fp8", a 2-element tensor of `format`'s dtype, names the format (two elements:
+/// ComfyUI computes in the model's dtype rather than quantizing activations to fp8, whose range
+/// it does not scale). Everything else (convolutions, norms, biases, the text encoder and VAE)
+/// is kept as it is, in order. Tensors matching `keep_patterns` are kept too. Throws
+/// apo::Error(InvalidArgument) for a format other than fp8_e4m3 or fp8_e5m2 (ComfyUI's layout
+/// has no int8), for a state dict that already has the marker, and for no linear weight found.
+ComfyUIExport comfyui_scaled_fp8(
+    const NamedTensors& state_dict, QFormat format = QFormat::fp8_e4m3,
+    const std::vector<std::string>& keep_patterns = {},
+    const std::function<void(std::int64_t done_bytes, std::int64_t total_bytes)>& on_progress = {});
+
 }  // namespace apo::quant
