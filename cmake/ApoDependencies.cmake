@@ -23,7 +23,16 @@ if(NOT Torch_DIR)
   list(APPEND CMAKE_PREFIX_PATH "${apo_torch_prefix}")
 endif()
 
-# TorchConfig looks for CUDA itself when PyTorch was built with it.
+# TorchConfig looks for CUDA itself when PyTorch was built with it, through FindCUDA, which takes
+# the toolkit's root from where nvcc is on PATH: a wrapper script there (/usr/local/bin/nvcc)
+# misleads it. CUDAToolkit follows the CUDA compiler to the real root.
+if(CMAKE_CUDA_COMPILER AND NOT DEFINED CUDA_TOOLKIT_ROOT_DIR)
+  find_package(CUDAToolkit QUIET)
+  if(CUDAToolkit_FOUND)
+    set(CUDA_TOOLKIT_ROOT_DIR "${CUDAToolkit_TARGET_DIR}" CACHE PATH
+      "The CUDA toolkit's root, for PyTorch's CMake package")
+  endif()
+endif()
 find_package(Torch REQUIRED)
 get_filename_component(APO_TORCH_LIBRARY_DIR "${TORCH_LIBRARY}" DIRECTORY)
 
