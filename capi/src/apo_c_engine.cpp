@@ -351,9 +351,9 @@ Request request_of(const apo_request_options& options) {
   if (!std::isnan(options.guidance)) request.guidance = options.guidance;
   request.seed = options.seed;
   request.priority = options.priority;
-  if (options.quality < APO_QUALITY_SPEED_FIRST || options.quality > APO_QUALITY_QUALITY_FIRST) {
-    fail(ErrorCode::InvalidArgument, "options->quality is {}, not an apo_quality_level",
-         options.quality);
+  const int quality = options.quality;
+  if (quality < APO_QUALITY_SPEED_FIRST || quality > APO_QUALITY_QUALITY_FIRST) {
+    fail(ErrorCode::InvalidArgument, "options->quality is {}, not an apo_quality_level", quality);
   }
   request.quality = static_cast<QualityLevel>(options.quality);
   if (options.deadline_ms > 0) {
@@ -429,8 +429,8 @@ apo_status apo_engine_create(const apo_config* config, const apo_engine_options*
     engine::ShutdownMode mode = engine::ShutdownMode::cancel;
     if (options != nullptr) {
       require_struct(options, kApoEngineOptionsV1Size, "options");
-      require(options->destroy_mode == APO_SHUTDOWN_CANCEL ||
-                  options->destroy_mode == APO_SHUTDOWN_DRAIN,
+      const int destroy_mode = options->destroy_mode;
+      require(destroy_mode == APO_SHUTDOWN_CANCEL || destroy_mode == APO_SHUTDOWN_DRAIN,
               "options->destroy_mode is not an apo_shutdown_mode");
       if (options->destroy_mode == APO_SHUTDOWN_DRAIN) mode = engine::ShutdownMode::drain;
     }
@@ -443,7 +443,8 @@ apo_status apo_engine_create(const apo_config* config, const apo_engine_options*
 apo_status apo_engine_shutdown(apo_engine* engine, apo_shutdown_mode mode) {
   return guarded([&] {
     const auto object = lookup(engines(), engine, "engine");
-    require(mode == APO_SHUTDOWN_CANCEL || mode == APO_SHUTDOWN_DRAIN,
+    const int raw_mode = enum_value(mode);
+    require(raw_mode == APO_SHUTDOWN_CANCEL || raw_mode == APO_SHUTDOWN_DRAIN,
             "mode is not an apo_shutdown_mode");
     object->engine.shutdown(mode == APO_SHUTDOWN_DRAIN ? engine::ShutdownMode::drain
                                                        : engine::ShutdownMode::cancel);

@@ -14,10 +14,12 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <memory>
 #include <mutex>
 #include <shared_mutex>
 #include <string>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -134,6 +136,16 @@ class HandleTable {
   std::vector<Slot> slots_;
   std::vector<std::uint32_t> free_;
 };
+
+/// @brief The int a caller passed for a C enum. C lets any int through, but C++ may not load a
+/// value outside the enum's range as the enum (UBSan's -fsanitize=enum): read its bytes instead.
+template <class Enum>
+int enum_value(const Enum& value) noexcept {
+  static_assert(std::is_enum_v<Enum> && sizeof(Enum) == sizeof(int));
+  int raw;
+  std::memcpy(&raw, &value, sizeof raw);
+  return raw;
+}
 
 /// @brief The handle value of a C handle pointer, and back.
 template <class Handle>
